@@ -1,0 +1,68 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast lint format migrate messages bench clean system-deps
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+migrate: $(VENV)/.installed
+	$(PY) manage.py migrate --no-input -v0
+
+## make run: install, migrate, create the first admin, start gunicorn and the task worker.
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --no-input -v0
+	$(PY) manage.py collectstatic --no-input -v0
+	$(PY) manage.py compilemessages -v0 2>/dev/null || true
+	$(PY) manage.py ensure_superuser
+	@echo "Console: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the console and the worker)"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(PY) manage.py db_worker --no-reload --interval 1 & \
+	$(VENV)/bin/gunicorn console.wsgi:application --bind $(HOST):$(PORT) --workers 2 \
+		--access-logfile - --forwarded-allow-ips 127.0.0.1
+
+## Debian packages the tests need: real nginx and chromium (root on these machines).
+system-deps:
+	@command -v nginx >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light chromium gettext >/dev/null; }
+
+## make test: install what tests need and run them.
+test: $(VENV)/.dev-installed system-deps
+	$(PY) manage.py compilemessages -v0 >/dev/null 2>&1 || true
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -x -m "not browser and not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+messages: $(VENV)/.dev-installed
+	$(PY) manage.py makemessages -l zh_Hans --no-obsolete
+	$(PY) manage.py compilemessages
+
+bench: $(VENV)/.dev-installed system-deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .hypothesis tests/artifacts

@@ -1,0 +1,169 @@
+"""Settings for the CPA gateway console.
+
+Every setting has a working local default (SQLite under ``data/``, generated secrets in a
+git-ignored file); production values come from the environment. ``.env.example`` lists them all.
+"""
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A local .env is read when present; the real environment always wins.
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DATA_DIR = Path(env("CONSOLE_DATA_DIR", default=str(BASE_DIR / "data")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _local_secret(name: str, factory) -> str:
+    """Return the named secret from the git-ignored local secrets file, generating it once."""
+    path = DATA_DIR / "local-secrets.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        stored = {}
+    if name not in stored:
+        stored[name] = factory()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    return stored[name]
+
+
+SECRET_KEY = env("SECRET_KEY", default=None) or _local_secret(
+    "SECRET_KEY", lambda: secrets.token_urlsafe(50)
+)
+# Comma-separated Fernet keys; the first encrypts, all decrypt (MultiFernet). Rotate with
+# `manage.py rotate_encryption_key`.
+CONSOLE_ENCRYPTION_KEYS = env.list("CONSOLE_ENCRYPTION_KEYS", default=[]) or [
+    _local_secret("CONSOLE_ENCRYPTION_KEYS", lambda: Fernet.generate_key().decode())
+]
+# HMAC key for key fingerprints. Separate from the encryption keys so that rotating those does
+# not change fingerprints.
+CONSOLE_FINGERPRINT_KEY = env("CONSOLE_FINGERPRINT_KEY", default=None) or _local_secret(
+    "CONSOLE_FINGERPRINT_KEY", lambda: secrets.token_urlsafe(32)
+)
+
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_tasks",
+    "django_tasks_db",
+    "routes",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "console.wsgi.application"
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'console.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the task worker share the file: wait for locks instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+LOGIN_URL = "admin:login"
+
+TASKS = {
+    "default": {
+        "BACKEND": env(
+            "CONSOLE_TASK_BACKEND", default="django_tasks_db.DatabaseBackend"
+        ),
+    }
+}
+
+# --- Product settings ---------------------------------------------------------------------
+# Directory `export_nginx` writes to when --output-dir is not given.
+CONSOLE_EXPORT_DIR = Path(env("CONSOLE_EXPORT_DIR", default=str(DATA_DIR / "nginx")))
+# nginx binary used for `nginx -t` checks; empty string disables them.
+CONSOLE_NGINX_BIN = env("CONSOLE_NGINX_BIN", default="nginx")
+# Verification runs kept per job; older ones are pruned by `manage.py prune_runs`.
+CONSOLE_RUNS_KEPT = env.int("CONSOLE_RUNS_KEPT", default=50)
+# Parallel requests in one verification run.
+CONSOLE_VERIFY_POOL = env.int("CONSOLE_VERIFY_POOL", default=8)
+# Seconds after which a run still marked running is considered dead.
+CONSOLE_RUN_STALE_AFTER = env.int("CONSOLE_RUN_STALE_AFTER", default=300)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

@@ -1,0 +1,77 @@
+"""The audit trail: one function records an action; secrets appear only as "changed"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from routes.models import AuditEvent, Team
+
+# Field names whose values are never written to the trail.
+SECRET_FIELDS = frozenset({"ciphertext", "secret", "password", "fingerprint"})
+CHANGED = "changed"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, models.Model):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def field_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Return {field: [old, new]} for fields that differ; secret fields become "changed"."""
+    diff: dict[str, Any] = {}
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        diff[name] = CHANGED if name in SECRET_FIELDS else [_plain(old), _plain(new)]
+    return diff
+
+
+def snapshot(obj: models.Model, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return the concrete field values of obj, for field_diff (secrets are kept out)."""
+    values: dict[str, Any] = {}
+    for field in obj._meta.concrete_fields:
+        if field.name in exclude or field.name in SECRET_FIELDS:
+            continue
+        values[field.name] = _plain(getattr(obj, field.attname))
+    return values
+
+
+def record(
+    *,
+    action: str,
+    actor=None,
+    team: Team | int | None = None,
+    obj: models.Model | None = None,
+    object_repr: str = "",
+    changes: dict[str, Any] | None = None,
+    ip: str | None = None,
+) -> AuditEvent:
+    """Append one event to the trail and return it."""
+    if actor is not None and not getattr(actor, "is_authenticated", False):
+        actor = None
+    label = actor.get_username() if actor is not None else "command"
+    team_id = team.pk if isinstance(team, Team) else team
+    return AuditEvent.objects.create(
+        actor=actor,
+        actor_label=label[:150],
+        team_id=team_id,
+        action=action,
+        object_type=obj._meta.model_name if obj is not None else "",
+        object_id=str(obj.pk) if obj is not None and obj.pk is not None else "",
+        object_repr=(object_repr or (str(obj) if obj is not None else ""))[:200],
+        changes=changes or {},
+        ip=ip,
+    )
+
+
+def client_ip(request) -> str | None:
+    """Return the client address of request (REMOTE_ADDR; proxies set it via gunicorn)."""
+    if request is None:
+        return None
+    return request.META.get("REMOTE_ADDR") or None

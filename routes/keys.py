@@ -1,0 +1,176 @@
+"""Secrets at rest and the rules of the three key roles.
+
+The seed says "Do not mix these three keys": the CPAMP Admin Key logs into the panel, the CPA
+Management Key is what CPAMP uses to reach CPA, and CPA API Keys call the model API. Each role has
+its own validator. Keys are encrypted with MultiFernet (the first configured key encrypts, every
+configured key decrypts) and fingerprinted with a keyed HMAC, so reuse is found without decrypting.
+"""
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils.translation import gettext_lazy as _
+
+CPAMP_ADMIN = "cpamp_admin"
+CPA_MANAGEMENT = "cpa_management"
+CPA_API = "cpa_api"
+
+# CPAMP >= v1.10: `cpamp_` + 32 alphanumerics (internal/security/security.go, GenerateAdminKey).
+CPAMP_ADMIN_NEW = re.compile(r"^cpamp_[0-9A-Za-z]{32}$")
+# CPAMP < v1.10: `cmp_admin_` + base64url(32 bytes) = 43 characters.
+CPAMP_ADMIN_OLD = re.compile(r"^cmp_admin_[A-Za-z0-9_-]{43}$")
+# Anything that looks like an attempt at a CPAMP admin key, even a mistyped one.
+CPAMP_ADMIN_LIKE = re.compile(r"^(cpamp_|cmp_admin_)", re.IGNORECASE)
+# CPA's config.example.yaml placeholders; CPA >= v7.1.46 answers 403 unsafe_example_api_key.
+CPA_PLACEHOLDERS = frozenset({"your-api-key-1", "your-api-key-2", "your-api-key-3"})
+MIN_LENGTH = 8
+MAX_LENGTH = 512
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
+
+ROLE_LABELS = {
+    CPAMP_ADMIN: _("CPAMP Admin Key"),
+    CPA_MANAGEMENT: _("CPA Management Key"),
+    CPA_API: _("CPA API Key"),
+}
+
+
+class DecryptionError(Exception):
+    """A stored secret could not be decrypted with any configured key (the value is never shown)."""
+
+
+def _fernet() -> MultiFernet:
+    keys = settings.CONSOLE_ENCRYPTION_KEYS
+    return MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
+
+
+def encrypt(secret: str) -> str:
+    """Return the Fernet token of secret under the current primary key."""
+    return _fernet().encrypt(secret.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    """Return the clear secret; raise DecryptionError (never with the token or value)."""
+    try:
+        return _fernet().decrypt(token.encode()).decode()
+    except (InvalidToken, ValueError):
+        raise DecryptionError("the stored key cannot be decrypted with the configured keys") from None
+
+
+def reencrypt(token: str) -> str:
+    """Return token re-encrypted under the primary key (MultiFernet.rotate)."""
+    try:
+        return _fernet().rotate(token.encode()).decode()
+    except (InvalidToken, ValueError):
+        raise DecryptionError("the stored key cannot be decrypted with the configured keys") from None
+
+
+def is_current(token: str) -> bool:
+    """Return True when token decrypts with the primary key alone."""
+    primary = settings.CONSOLE_ENCRYPTION_KEYS[0]
+    try:
+        Fernet(primary.encode() if isinstance(primary, str) else primary).decrypt(token.encode())
+    except (InvalidToken, ValueError):
+        return False
+    return True
+
+
+def fingerprint(secret: str) -> str:
+    """Return the keyed HMAC-SHA256 of secret, as hex; equal secrets give equal fingerprints."""
+    key = settings.CONSOLE_FINGERPRINT_KEY.encode()
+    return hmac.new(key, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def last4(secret: str) -> str:
+    """Return the last four characters kept for display."""
+    return secret[-4:]
+
+
+def masked(last_four: str) -> str:
+    """Return the display form of a stored key, such as ••••1234."""
+    return "••••" + (last_four or "")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a secret was refused: the rule's code and its message (never the secret)."""
+
+    code: str
+    message: str
+
+
+def check_shape(role: str, secret: str, *, custom_format: bool = False) -> list[Refusal]:
+    """Return the rules of role that secret breaks, empty when it is acceptable."""
+    label = ROLE_LABELS.get(role)
+    if label is None:
+        return [Refusal("unknown_role", f"unknown key role {role!r}")]
+    problems: list[Refusal] = []
+    if _FORBIDDEN.search(secret):
+        problems.append(
+            Refusal(
+                "whitespace",
+                _("%(role)s: a key may not contain whitespace or control characters.")
+                % {"role": label},
+            )
+        )
+    if not MIN_LENGTH <= len(secret) <= MAX_LENGTH:
+        problems.append(
+            Refusal(
+                "length",
+                _("%(role)s: a key must be %(min)d to %(max)d characters long (got %(n)d).")
+                % {"role": label, "min": MIN_LENGTH, "max": MAX_LENGTH, "n": len(secret)},
+            )
+        )
+    if role == CPAMP_ADMIN:
+        if not (
+            CPAMP_ADMIN_NEW.match(secret) or CPAMP_ADMIN_OLD.match(secret) or custom_format
+        ):
+            problems.append(
+                Refusal(
+                    "admin_format",
+                    _(
+                        "%(role)s: expected cpamp_ followed by 32 letters and digits (CPAMP v1.10+) "
+                        "or cmp_admin_ followed by 43 base64url characters (older CPAMP). If your "
+                        "CPAMP takes its key from CPA_MANAGER_ADMIN_KEY in any format, mark the key "
+                        "as a custom key."
+                    )
+                    % {"role": label},
+                )
+            )
+    else:
+        if CPAMP_ADMIN_LIKE.match(secret):
+            problems.append(
+                Refusal(
+                    "looks_like_admin_key",
+                    _(
+                        "%(role)s: this looks like a CPAMP Admin Key (cpamp_… or cmp_admin_…). "
+                        "The admin key logs into the CPAMP panel only; do not mix the three keys."
+                    )
+                    % {"role": label},
+                )
+            )
+        if role == CPA_API and secret in CPA_PLACEHOLDERS:
+            problems.append(
+                Refusal(
+                    "placeholder",
+                    _(
+                        "%(role)s: %(value)s is CPA's template placeholder; CPA v7.1.46+ disables "
+                        "the API with 403 unsafe_example_api_key while it is configured."
+                    )
+                    % {"role": label, "value": secret},
+                )
+            )
+    return problems
+
+
+def validate_secret(role: str, secret: str, *, custom_format: bool = False) -> None:
+    """Raise ValidationError naming every rule of role that secret breaks."""
+    problems = check_shape(role, secret, custom_format=custom_format)
+    if problems:
+        raise ValidationError(
+            [ValidationError(p.message, code=p.code) for p in problems]
+        )

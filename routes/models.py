@@ -1,0 +1,656 @@
+"""Teams, deployments, route overrides, keys, exports, verification jobs and the audit trail."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from routes import keys as keyring
+from routes import validators as v
+
+MIN_CPA_VERSION = (6, 10, 8)
+RECOMMENDED_CPA_VERSION = (7, 1, 39)
+
+DOCKER_PRESET = {"cpa_upstream": "cli-proxy-api:8317", "cpamp_upstream": "cpa-manager-plus:18317",
+                 "cpamp_cpa_url": "http://cli-proxy-api:8317"}
+HOST_PRESET = {"cpa_upstream": "127.0.0.1:8317", "cpamp_upstream": "127.0.0.1:18317",
+               "cpamp_cpa_url": "http://127.0.0.1:8317"}
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", _("Viewer")
+    OPERATOR = "operator", _("Operator")
+    OWNER = "owner", _("Owner")
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.OWNER: 3}
+
+
+class Team(models.Model):
+    name = models.CharField(_("name"), max_length=100, help_text=_("For example: Platform ops."))
+    slug = models.SlugField(
+        _("slug"), max_length=50, unique=True, help_text=_("Short id used by commands, e.g. ops.")
+    )
+    require_owner_2fa = models.BooleanField(
+        _("require two-factor for owners"),
+        default=False,
+        help_text=_("Owners of this team must sign in with a TOTP device."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("team")
+        verbose_name_plural = _("teams")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(
+        _("role"),
+        max_length=16,
+        choices=Role.choices,
+        default=Role.VIEWER,
+        help_text=_(
+            "Viewer reads everything but secrets; operator also edits, exports and verifies; "
+            "owner also manages keys and members."
+        ),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "user__username"]
+        verbose_name = _("membership")
+        verbose_name_plural = _("memberships")
+        constraints = [
+            models.UniqueConstraint(fields=["user", "team"], name="membership_user_team_unique"),
+            models.CheckConstraint(
+                condition=Q(role__in=["viewer", "operator", "owner"]), name="membership_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.team} ({self.get_role_display()})"
+
+
+class DeploymentQuerySet(models.QuerySet):
+    def visible_to(self, user) -> DeploymentQuerySet:
+        """Return the deployments of user's teams (all of them for a superuser)."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        if user.is_superuser:
+            return self
+        return self.filter(team__memberships__user=user).distinct()
+
+
+class Deployment(models.Model):
+    class Mode(models.TextChoices):
+        MANAGER_SERVER = "manager_server", _("Manager Server (mixed routing)")
+        CPA_PANEL = "cpa_panel", _("CPA Panel (everything to CPA)")
+
+    slug = models.SlugField(
+        _("slug"), max_length=50, unique=True, help_text=_("Stable id, e.g. prod.")
+    )
+    name = models.CharField(_("name"), max_length=100, help_text=_("For example: Production."))
+    team = models.ForeignKey(
+        Team, on_delete=models.PROTECT, related_name="deployments", verbose_name=_("team")
+    )
+    mode = models.CharField(
+        _("mode"),
+        max_length=20,
+        choices=Mode.choices,
+        default=Mode.MANAGER_SERVER,
+        help_text=_(
+            "Manager Server: the seed's mixed routing between CPAMP and CPA. CPA Panel: CPA itself "
+            "serves /management.html, so everything goes to CPA."
+        ),
+    )
+    server_name = models.CharField(
+        _("server name"),
+        max_length=253,
+        validators=[v.validate_server_name],
+        help_text=_("The public domain, e.g. api.example.com (IDN is stored as punycode)."),
+    )
+    tls = models.BooleanField(
+        _("HTTPS"),
+        default=False,
+        help_text=_("Serve HTTPS on the HTTPS port; the HTTP port answers 301 to https."),
+    )
+    listen_address = models.CharField(
+        _("listen address"),
+        max_length=64,
+        blank=True,
+        validators=[v.validate_listen_address],
+        help_text=_("Empty listens on every interface; e.g. 127.0.0.1 for a host-local nginx."),
+    )
+    http_port = models.PositiveIntegerField(_("HTTP port"), default=80, help_text=_("e.g. 80."))
+    https_port = models.PositiveIntegerField(
+        _("HTTPS port"), default=443, help_text=_("e.g. 443.")
+    )
+    ssl_certificate = models.CharField(
+        _("certificate path"),
+        max_length=255,
+        blank=True,
+        validators=[v.validate_file_path],
+        help_text=_("Absolute path, e.g. /etc/nginx/ssl/api.example.com/fullchain.pem."),
+    )
+    ssl_certificate_key = models.CharField(
+        _("certificate key path"),
+        max_length=255,
+        blank=True,
+        validators=[v.validate_file_path],
+        help_text=_("Absolute path, e.g. /etc/nginx/ssl/api.example.com/privkey.pem."),
+    )
+    http2 = models.BooleanField(_("HTTP/2"), default=True, help_text=_("Only used with HTTPS."))
+    cpa_upstream = models.CharField(
+        _("CPA upstream"),
+        max_length=300,
+        default=DOCKER_PRESET["cpa_upstream"],
+        validators=[v.validate_upstream],
+        help_text=_("host:port of CPA: cli-proxy-api:8317 (Docker) or 127.0.0.1:8317 (host)."),
+    )
+    cpamp_upstream = models.CharField(
+        _("CPAMP upstream"),
+        max_length=300,
+        default=DOCKER_PRESET["cpamp_upstream"],
+        validators=[v.validate_upstream],
+        help_text=_(
+            "host:port of CPA Manager Plus: cpa-manager-plus:18317 (Docker) or 127.0.0.1:18317 "
+            "(host)."
+        ),
+    )
+    cpamp_cpa_url = models.CharField(
+        _("CPA URL used by CPAMP"),
+        max_length=300,
+        default=DOCKER_PRESET["cpamp_cpa_url"],
+        validators=[v.validate_url],
+        help_text=_(
+            "The CPA URL entered in CPAMP's first setup, e.g. http://cli-proxy-api:8317. Never the "
+            "public domain: that makes a loop CPAMP -> Nginx -> CPAMP/CPA."
+        ),
+    )
+    resolver = models.CharField(
+        _("resolver"),
+        max_length=200,
+        default="127.0.0.11",
+        validators=[v.validate_resolver],
+        help_text=_(
+            "DNS server(s) nginx uses to resolve upstream names at request time. 127.0.0.11 is "
+            "Docker's embedded DNS."
+        ),
+    )
+    client_max_body_size = models.CharField(
+        _("client max body size"),
+        max_length=12,
+        default="64m",
+        validators=[v.validate_size],
+        help_text=_("e.g. 64m."),
+    )
+    proxy_read_timeout = models.PositiveIntegerField(
+        _("proxy read timeout (s)"), default=3600, help_text=_("Seconds, e.g. 3600.")
+    )
+    proxy_send_timeout = models.PositiveIntegerField(
+        _("proxy send timeout (s)"), default=3600, help_text=_("Seconds, e.g. 3600.")
+    )
+    route_tracing = models.BooleanField(
+        _("route tracing"),
+        default=True,
+        help_text=_(
+            "Add X-Console-Upstream (cpa or cpamp) to every proxied answer so verification can "
+            "tell who answered."
+        ),
+    )
+    cpa_version = models.CharField(
+        _("CPA version"),
+        max_length=20,
+        blank=True,
+        validators=[v.validate_cpa_version],
+        help_text=_("Optional, e.g. v7.1.39. Below v6.10.8 the HTTP usage queue is missing."),
+    )
+    verification_base_url = models.CharField(
+        _("verification base URL"),
+        max_length=300,
+        blank=True,
+        validators=[v.validate_url],
+        help_text=_("Where checks are sent; empty means derived from server name and HTTPS."),
+    )
+    notes = models.TextField(_("notes"), blank=True)
+    version = models.PositiveIntegerField(
+        _("version"), default=1, editable=False,
+        help_text=_("Bumped on every save; a save based on an older version is refused."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", editable=False,
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", editable=False,
+    )
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = _("deployment")
+        verbose_name_plural = _("deployments")
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(mode__in=["manager_server", "cpa_panel"]), name="deployment_mode_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(http_port__gte=1, http_port__lte=65535)
+                & Q(https_port__gte=1, https_port__lte=65535),
+                name="deployment_ports_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(tls=False) | (~Q(ssl_certificate="") & ~Q(ssl_certificate_key="")),
+                name="deployment_tls_needs_certificate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:routes_deployment_change", args=[self.pk])
+
+    def clean(self) -> None:
+        errors: dict[str, list] = {}
+        if self.server_name:
+            self.server_name = v.normalize_server_name(self.server_name)
+        if self.tls:
+            for field in ("ssl_certificate", "ssl_certificate_key"):
+                if not getattr(self, field):
+                    errors.setdefault(field, []).append(
+                        ValidationError(_("Required when HTTPS is on."), code="required")
+                    )
+            if self.http_port == self.https_port:
+                errors.setdefault("https_port", []).append(
+                    ValidationError(_("Must differ from the HTTP port."), code="invalid")
+                )
+        for field in ("http_port", "https_port"):
+            value = getattr(self, field)
+            if value is not None and not 1 <= value <= 65535:
+                errors.setdefault(field, []).append(
+                    ValidationError(_("The port must be between 1 and 65535."), code="invalid")
+                )
+        for field in ("proxy_read_timeout", "proxy_send_timeout"):
+            value = getattr(self, field)
+            if value is not None and not 1 <= value <= 86400:
+                errors.setdefault(field, []).append(
+                    ValidationError(_("Give 1 to 86400 seconds."), code="invalid")
+                )
+        if self.cpamp_cpa_url and self.server_name:
+            if v.url_host(self.cpamp_cpa_url) == self.server_name.lower():
+                errors.setdefault("cpamp_cpa_url", []).append(
+                    ValidationError(
+                        _(
+                            "This is the deployment's own public domain. CPAMP would reach CPA "
+                            "through Nginx (CPAMP -> Nginx -> CPAMP/CPA), a loop; use the direct "
+                            "address such as http://cli-proxy-api:8317."
+                        ),
+                        code="loop",
+                    )
+                )
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args, **kwargs) -> None:
+        if self.server_name:
+            self.server_name = v.normalize_server_name(self.server_name)
+        super().save(*args, **kwargs)
+
+    @property
+    def base_url(self) -> str:
+        """Return the URL verification talks to by default."""
+        if self.verification_base_url:
+            return self.verification_base_url.rstrip("/")
+        if self.tls:
+            port = "" if self.https_port == 443 else f":{self.https_port}"
+            return f"https://{self.server_name}{port}"
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{self.server_name}{port}"
+
+    def version_warnings(self) -> list[str]:
+        """Return warnings about cpa_version (empty when it is unset or recommended)."""
+        found = v.parse_version(self.cpa_version)
+        if found is None:
+            return []
+        if found < MIN_CPA_VERSION:
+            return [str(_("CPA below v6.10.8 has no HTTP usage queue; upgrade to v7.1.39 or newer."))]
+        if found < RECOMMENDED_CPA_VERSION:
+            return [str(_("CPA v7.1.39 or newer is recommended."))]
+        return []
+
+
+class RouteOverride(models.Model):
+    class Match(models.TextChoices):
+        EXACT = "exact", _("exact (location =)")
+        PREFIX = "prefix", _("prefix (location ^~)")
+        REGEX = "regex", _("regex (location ~)")
+        REGEX_I = "regex_i", _("case-insensitive regex (location ~*)")
+
+    class Target(models.TextChoices):
+        CPA = "cpa", _("CPA :8317")
+        CPAMP = "cpamp", _("CPAMP :18317")
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="overrides"
+    )
+    match = models.CharField(
+        _("match"), max_length=10, choices=Match.choices, default=Match.PREFIX,
+        help_text=_("How nginx compares the path: exact, prefix (^~), regex (~) or regex_i (~*)."),
+    )
+    path = models.CharField(
+        _("path"), max_length=1024,
+        help_text=_("e.g. /config for a prefix, or ^/v2/.+ for a regex."),
+    )
+    target = models.CharField(
+        _("target"), max_length=10, choices=Target.choices, default=Target.CPA,
+        help_text=_("Which upstream answers."),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    position = models.PositiveIntegerField(
+        _("position"), default=0,
+        help_text=_("Order among overrides; regex locations are tried in this order."),
+    )
+    note = models.CharField(_("note"), max_length=200, blank=True,
+                            help_text=_("Why this route exists, e.g. the failing panel path."))
+
+    class Meta:
+        ordering = ["deployment", "position", "id"]
+        verbose_name = _("route override")
+        verbose_name_plural = _("route overrides")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "match", "path"], name="override_unique_match_path"
+            ),
+            models.CheckConstraint(
+                condition=Q(match__in=["exact", "prefix", "regex", "regex_i"]),
+                name="override_match_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(target__in=["cpa", "cpamp"]), name="override_target_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_match_display()} {self.path} -> {self.target}"
+
+    def clean(self) -> None:
+        try:
+            if self.match in (self.Match.REGEX, self.Match.REGEX_I):
+                v.validate_location_regex(self.path)
+            else:
+                v.validate_location_path(self.path)
+        except ValidationError as exc:
+            raise ValidationError({"path": exc.error_list}) from None
+
+
+class KeyQuerySet(models.QuerySet):
+    def visible_to(self, user) -> KeyQuerySet:
+        """Return keys of deployments user can see."""
+        return self.filter(deployment__in=Deployment.objects.visible_to(user))
+
+
+class Key(models.Model):
+    class Role(models.TextChoices):
+        CPAMP_ADMIN = keyring.CPAMP_ADMIN, _("CPAMP Admin Key (panel login)")
+        CPA_MANAGEMENT = keyring.CPA_MANAGEMENT, _("CPA Management Key (CPAMP -> CPA)")
+        CPA_API = keyring.CPA_API, _("CPA API Key (normal API requests)")
+
+    SINGLE_ROLES = (keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT)
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="keys")
+    role = models.CharField(_("role"), max_length=20, choices=Role.choices)
+    label = models.CharField(_("label"), max_length=100, blank=True,
+                             help_text=_("e.g. ci-runner. Helps tell API keys apart."))
+    ciphertext = models.TextField(editable=False)
+    fingerprint = models.CharField(max_length=64, editable=False, db_index=True)
+    last4 = models.CharField(max_length=4, editable=False)
+    custom_format = models.BooleanField(
+        _("custom format"), default=False,
+        help_text=_("Allow a CPAMP Admin Key that does not look like cpamp_…/cmp_admin_… "
+                    "(CPAMP accepts any key set through CPA_MANAGER_ADMIN_KEY)."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+", editable=False)
+    rotated_at = models.DateTimeField(_("rotated at"), null=True, blank=True, editable=False)
+    rotated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+", editable=False)
+    last_validated_at = models.DateTimeField(_("last validated at"), null=True, blank=True,
+                                             editable=False)
+    last_validation_ok = models.BooleanField(_("last validation passed"), null=True, blank=True,
+                                             editable=False)
+    last_validation_detail = models.TextField(_("last validation detail"), blank=True,
+                                              editable=False)
+
+    objects = KeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["deployment", "role", "id"]
+        verbose_name = _("key")
+        verbose_name_plural = _("keys")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "role"],
+                condition=Q(role__in=[keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT]),
+                name="key_single_role_per_deployment",
+            ),
+            models.UniqueConstraint(
+                fields=["deployment", "fingerprint"], name="key_no_reuse_in_deployment"
+            ),
+            models.CheckConstraint(
+                condition=Q(role__in=[keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT, keyring.CPA_API]),
+                name="key_role_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        label = f" {self.label}" if self.label else ""
+        return f"{self.get_role_display()}{label} {self.masked}"
+
+    @property
+    def masked(self) -> str:
+        return keyring.masked(self.last4)
+
+    def set_secret(self, secret: str) -> None:
+        """Store secret encrypted, with its fingerprint and last four characters."""
+        self.ciphertext = keyring.encrypt(secret)
+        self.fingerprint = keyring.fingerprint(secret)
+        self.last4 = keyring.last4(secret)
+
+    def reveal(self) -> str:
+        """Return the clear secret. Callers must never log, render or store it."""
+        return keyring.decrypt(self.ciphertext)
+
+
+class KeyRotation(models.Model):
+    """One replaced secret of a key: who replaced it and when (never the value)."""
+
+    key = models.ForeignKey(Key, on_delete=models.CASCADE, related_name="rotations")
+    previous_fingerprint = models.CharField(max_length=64)
+    previous_last4 = models.CharField(max_length=4)
+    rotated_at = models.DateTimeField(auto_now_add=True)
+    rotated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    reason = models.CharField(max_length=100, blank=True, help_text=_("e.g. set_key, admin."))
+
+    class Meta:
+        ordering = ["-rotated_at", "-id"]
+        verbose_name = _("key rotation")
+        verbose_name_plural = _("key rotations")
+
+    def __str__(self) -> str:
+        return f"{self.key} rotated at {self.rotated_at:%Y-%m-%d %H:%M}"
+
+
+class ConfigExport(models.Model):
+    """A rendered config as it was exported: the text, its hash, who and when."""
+
+    class Source(models.TextChoices):
+        ADMIN = "admin", _("admin")
+        COMMAND = "command", _("command")
+        ARCHIVE = "archive", _("archive download")
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="exports")
+    content_hash = models.CharField(_("SHA-256"), max_length=64)
+    text = models.TextField(_("config"))
+    source = models.CharField(_("source"), max_length=10, choices=Source.choices)
+    created_at = models.DateTimeField(_("exported at"), auto_now_add=True, db_index=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("config export")
+        verbose_name_plural = _("config exports")
+
+    def __str__(self) -> str:
+        return f"{self.deployment.slug} {self.content_hash[:12]}"
+
+
+class VerificationJob(models.Model):
+    deployment = models.OneToOneField(
+        Deployment, on_delete=models.CASCADE, related_name="verification_job"
+    )
+    base_url = models.CharField(
+        _("base URL"), max_length=300, blank=True, validators=[v.validate_url],
+        help_text=_("Empty: the deployment's verification base URL, or its domain and scheme."),
+    )
+    verify_tls = models.BooleanField(_("verify TLS"), default=True)
+    timeout_seconds = models.FloatField(_("timeout (s)"), default=10.0,
+                                        help_text=_("Per request, e.g. 10."))
+    enabled_checks = models.JSONField(
+        _("enabled checks"), default=list, blank=True,
+        help_text=_("Check ids to run; empty runs every check that applies."),
+    )
+    interval_minutes = models.PositiveIntegerField(
+        _("interval (minutes)"), null=True, blank=True,
+        help_text=_("Run on this interval from `manage.py verify --due`; empty: manual only."),
+    )
+    last_enqueued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["deployment__slug"]
+        verbose_name = _("verification job")
+        verbose_name_plural = _("verification jobs")
+
+    def __str__(self) -> str:
+        return f"{self.deployment.slug} verification"
+
+    @property
+    def effective_base_url(self) -> str:
+        return (self.base_url or self.deployment.base_url).rstrip("/")
+
+
+class VerificationRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        PASSED = "passed", _("passed")
+        FAILED = "failed", _("failed")
+        ERROR = "error", _("error")
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", _("manual")
+        SCHEDULED = "scheduled", _("scheduled")
+        COMMAND = "command", _("command")
+
+    job = models.ForeignKey(VerificationJob, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(_("status"), max_length=10, choices=Status.choices,
+                              default=Status.QUEUED, db_index=True)
+    trigger = models.CharField(_("trigger"), max_length=10, choices=Trigger.choices)
+    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="+")
+    base_url = models.CharField(_("base URL"), max_length=300, blank=True)
+    created_at = models.DateTimeField(_("queued at"), auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("verification run")
+        verbose_name_plural = _("verification runs")
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "passed", "failed", "error"]),
+                name="run_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.job.deployment.slug} {self.status}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:routes_verificationrun_change", args=[self.pk])
+
+
+class CheckResult(models.Model):
+    run = models.ForeignKey(VerificationRun, on_delete=models.CASCADE, related_name="results")
+    position = models.PositiveIntegerField(default=0)
+    check_id = models.CharField(_("check"), max_length=40)
+    method = models.CharField(_("method"), max_length=8)
+    url = models.CharField(_("URL"), max_length=500)
+    expected = models.CharField(_("expected"), max_length=200)
+    status_code = models.PositiveIntegerField(_("status"), null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(_("latency (ms)"), null=True, blank=True)
+    expected_upstream = models.CharField(_("expected upstream"), max_length=10, blank=True)
+    observed_upstream = models.CharField(_("observed upstream"), max_length=10, blank=True)
+    passed = models.BooleanField(_("passed"))
+    diagnosis = models.TextField(_("diagnosis"), blank=True)
+    excerpt = models.TextField(_("response excerpt"), blank=True)
+    details = models.JSONField(_("details"), default=dict, blank=True)
+
+    class Meta:
+        ordering = ["run", "position", "id"]
+        verbose_name = _("check result")
+        verbose_name_plural = _("check results")
+
+    def __str__(self) -> str:
+        return f"{self.check_id}: {'pass' if self.passed else 'fail'}"
+
+
+class AuditEvent(models.Model):
+    """One recorded action. Append-only: only superusers may prune."""
+
+    created_at = models.DateTimeField(_("at"), auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(_("actor"), max_length=150, blank=True,
+                                   help_text=_("Username at the time, or 'command'."))
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    action = models.CharField(_("action"), max_length=40, db_index=True)
+    object_type = models.CharField(_("object type"), max_length=40, blank=True)
+    object_id = models.CharField(_("object id"), max_length=64, blank=True)
+    object_repr = models.CharField(_("object"), max_length=200, blank=True)
+    changes = models.JSONField(_("changes"), default=dict, blank=True)
+    ip = models.GenericIPAddressField(_("IP"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.object_repr}"

@@ -1,0 +1,108 @@
+"""The one permission layer: what a user may do with a team's deployments.
+
+Roles rank viewer < operator < owner. Superusers may do everything. Every admin page, custom
+view, action, download, task trigger and JSON endpoint asks ``can(user, action, team)`` or filters
+with ``Deployment.objects.visible_to(user)``; nothing decides roles with its own ``if``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from django.core.exceptions import PermissionDenied
+
+from routes.models import ROLE_RANK, Deployment, Membership, Role, Team
+
+
+class Action(str, Enum):
+    """What a user wants to do, with the lowest role that may."""
+
+    VIEW = "view"  # read deployments, overrides, configs, runs (never secrets)
+    EDIT = "edit"  # change deployments and overrides
+    EXPORT = "export"  # export or download configs
+    VERIFY = "verify"  # run verification, test keys
+    MANAGE_KEYS = "manage_keys"  # add, rotate, delete keys; reveal first-setup values
+    MANAGE_MEMBERS = "manage_members"  # add, change, remove memberships
+    CREATE = "create"  # create a deployment in the team
+
+
+REQUIRED_ROLE: dict[Action, Role] = {
+    Action.VIEW: Role.VIEWER,
+    Action.EDIT: Role.OPERATOR,
+    Action.EXPORT: Role.OPERATOR,
+    Action.VERIFY: Role.OPERATOR,
+    Action.CREATE: Role.OPERATOR,
+    Action.MANAGE_KEYS: Role.OWNER,
+    Action.MANAGE_MEMBERS: Role.OWNER,
+}
+
+
+def _team_id(team: Team | int | None) -> int | None:
+    if team is None:
+        return None
+    return team if isinstance(team, int) else team.pk
+
+
+def role_in(user, team: Team | int | None) -> Role | None:
+    """Return user's role in team, or None when user is not a member."""
+    team_id = _team_id(team)
+    if team_id is None or not user.is_authenticated:
+        return None
+    cache = getattr(user, "_console_roles", None)
+    if cache is None:
+        cache = dict(Membership.objects.filter(user=user).values_list("team_id", "role"))
+        user._console_roles = cache
+    role = cache.get(team_id)
+    return Role(role) if role else None
+
+
+def can(user, action: Action, team: Team | int | None) -> bool:
+    """Return True when user may perform action on team's deployments."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    role = role_in(user, team)
+    if role is None:
+        return False
+    return ROLE_RANK[role] >= ROLE_RANK[REQUIRED_ROLE[action]]
+
+
+def require(user, action: Action, team: Team | int | None) -> None:
+    """Raise PermissionDenied unless can(user, action, team)."""
+    if not can(user, action, team):
+        raise PermissionDenied
+
+
+def teams_where(user, action: Action):
+    """Return the teams in which user may perform action."""
+    if user.is_superuser:
+        return Team.objects.all()
+    if not user.is_authenticated:
+        return Team.objects.none()
+    roles = [r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[REQUIRED_ROLE[action]]]
+    return Team.objects.filter(memberships__user=user, memberships__role__in=roles).distinct()
+
+
+def can_deployment(user, action: Action, deployment: Deployment) -> bool:
+    """Return True when user may perform action on deployment."""
+    return can(user, action, deployment.team_id)
+
+
+def has_any_membership(user) -> bool:
+    """Return True when user belongs to at least one team (or is a superuser)."""
+    if user.is_superuser:
+        return True
+    if not user.is_authenticated:
+        return False
+    cache = getattr(user, "_console_roles", None)
+    if cache is None:
+        role_in(user, -1)
+        cache = user._console_roles
+    return bool(cache)
+
+
+def clear_cache(user) -> None:
+    """Forget user's cached roles (after membership changes)."""
+    if hasattr(user, "_console_roles"):
+        del user._console_roles

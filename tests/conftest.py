@@ -1,0 +1,40 @@
+"""Shared fixtures: users in roles, teams and deployments."""
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from routes.models import Deployment, Membership, Team
+
+
+@pytest.fixture
+def team(db):
+    return Team.objects.create(name="Ops", slug="ops")
+
+
+@pytest.fixture
+def other_team(db):
+    return Team.objects.create(name="Other", slug="other")
+
+
+@pytest.fixture
+def make_user(db):
+    def make(username, *, team=None, role="viewer", superuser=False, password="pw-Str0ng-enough!"):
+        User = get_user_model()
+        if superuser:
+            user = User.objects.create_superuser(username, f"{username}@example.com", password)
+        else:
+            user = User.objects.create_user(username, f"{username}@example.com", password)
+            user.is_staff = True
+            user.save()
+        if team is not None:
+            Membership.objects.create(user=user, team=team, role=role)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def deployment(team):
+    return Deployment.objects.create(
+        slug="prod", name="Production", team=team, server_name="api.example.com"
+    )
