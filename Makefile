@@ -34,12 +34,15 @@ run: $(VENV)/.installed
 	$(VENV)/bin/gunicorn console.wsgi:application --bind $(HOST):$(PORT) --workers 2 \
 		--access-logfile - --forwarded-allow-ips 127.0.0.1
 
-## Debian packages the tests need: real nginx and chromium (root on these machines).
+## Debian packages the tests need: real nginx, chromium and a CJK font for the Chinese
+## screenshots (root on these machines).
 system-deps:
-	@command -v nginx >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
+	@command -v nginx >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && \
+	command -v msgfmt >/dev/null 2>&1 && fc-list :lang=zh 2>/dev/null | grep -q . || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light chromium gettext >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light chromium gettext \
+			fonts-wqy-microhei >/dev/null; }
 
 ## make test: install what tests need and run them.
 test: $(VENV)/.dev-installed system-deps

@@ -7,6 +7,7 @@ git-ignored file); production values come from the environment. ``.env.example``
 import json
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -69,19 +70,26 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_tasks",
     "django_tasks_db",
+    "django_otp",
+    "routes.otp_apps.TwoFactorConfig",  # django_otp.plugins.otp_totp, renamed
+    "axes",
     "routes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "routes.middleware.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it turns a lockout flagged during authentication into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -124,6 +132,47 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# --- Login protection and transport ------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    # Refuses locked-out users and IPs before the password is even checked.
+    "routes.auth.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# django-axes: failed logins are counted per username and, separately, per client IP.
+AXES_ENABLED = env.bool("CONSOLE_LOGIN_THROTTLING", default=True)
+AXES_FAILURE_LIMIT = env.int("CONSOLE_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("CONSOLE_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Not reset on success: an attacker with an account of their own could otherwise clear the
+# per-IP counter between guesses at other accounts.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "routes.auth.client_ip"
+AXES_LOCKOUT_TEMPLATE = "admin/routes/security/locked_out.html"
+AXES_VERBOSE = False
+# Reverse proxies (IP addresses) whose X-Forwarded-For is believed, e.g. 127.0.0.1 when the
+# console itself sits behind a local nginx. Empty: the TCP peer is the client.
+CONSOLE_TRUSTED_PROXIES = env.list("CONSOLE_TRUSTED_PROXIES", default=[])
+# django-otp: the issuer shown by authenticator apps.
+OTP_TOTP_ISSUER = env("CONSOLE_OTP_ISSUER", default="CPA gateway console")
+
+# One switch for a console served over HTTPS by a TLS-terminating proxy.
+CONSOLE_BEHIND_TLS = env.bool("CONSOLE_BEHIND_TLS", default=False)
+if CONSOLE_BEHIND_TLS:
+    SECURE_SSL_REDIRECT = True
+    # The proxy must set this header itself (and drop any client copy), e.g. nginx
+    # `proxy_set_header X-Forwarded-Proto $scheme;`.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("CONSOLE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("CONSOLE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    SECURE_HSTS_PRELOAD = False
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    LANGUAGE_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
@@ -133,6 +182,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

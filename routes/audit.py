@@ -51,11 +51,13 @@ def record(
     object_repr: str = "",
     changes: dict[str, Any] | None = None,
     ip: str | None = None,
+    actor_label: str = "",
 ) -> AuditEvent:
     """Append one event to the trail and return it."""
     if actor is not None and not getattr(actor, "is_authenticated", False):
         actor = None
-    label = actor.get_username() if actor is not None else "command"
+    # actor_label names an actor that is no user (e.g. an anonymous failed login).
+    label = actor_label or (actor.get_username() if actor is not None else "command")
     team_id = team.pk if isinstance(team, Team) else team
     return AuditEvent.objects.create(
         actor=actor,

@@ -15,10 +15,16 @@ from routes import validators as v
 MIN_CPA_VERSION = (6, 10, 8)
 RECOMMENDED_CPA_VERSION = (7, 1, 39)
 
-DOCKER_PRESET = {"cpa_upstream": "cli-proxy-api:8317", "cpamp_upstream": "cpa-manager-plus:18317",
-                 "cpamp_cpa_url": "http://cli-proxy-api:8317"}
-HOST_PRESET = {"cpa_upstream": "127.0.0.1:8317", "cpamp_upstream": "127.0.0.1:18317",
-               "cpamp_cpa_url": "http://127.0.0.1:8317"}
+DOCKER_PRESET = {
+    "cpa_upstream": "cli-proxy-api:8317",
+    "cpamp_upstream": "cpa-manager-plus:18317",
+    "cpamp_cpa_url": "http://cli-proxy-api:8317",
+}
+HOST_PRESET = {
+    "cpa_upstream": "127.0.0.1:8317",
+    "cpamp_upstream": "127.0.0.1:18317",
+    "cpamp_cpa_url": "http://127.0.0.1:8317",
+}
 
 
 class Role(models.TextChoices):
@@ -53,9 +59,14 @@ class Team(models.Model):
 
 class Membership(models.Model):
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="memberships",
+        verbose_name=_("user"),
     )
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("team")
+    )
     role = models.CharField(
         _("role"),
         max_length=16,
@@ -134,9 +145,7 @@ class Deployment(models.Model):
         help_text=_("Empty listens on every interface; e.g. 127.0.0.1 for a host-local nginx."),
     )
     http_port = models.PositiveIntegerField(_("HTTP port"), default=80, help_text=_("e.g. 80."))
-    https_port = models.PositiveIntegerField(
-        _("HTTPS port"), default=443, help_text=_("e.g. 443.")
-    )
+    https_port = models.PositiveIntegerField(_("HTTPS port"), default=443, help_text=_("e.g. 443."))
     ssl_certificate = models.CharField(
         _("certificate path"),
         max_length=255,
@@ -226,18 +235,30 @@ class Deployment(models.Model):
     )
     notes = models.TextField(_("notes"), blank=True)
     version = models.PositiveIntegerField(
-        _("version"), default=1, editable=False,
+        _("version"),
+        default=1,
+        editable=False,
         help_text=_("Bumped on every save; a save based on an older version is refused."),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", editable=False,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        verbose_name=_("created by"),
     )
     updated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", editable=False,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        verbose_name=_("updated by"),
     )
 
     objects = DeploymentQuerySet.as_manager()
@@ -330,7 +351,9 @@ class Deployment(models.Model):
         if found is None:
             return []
         if found < MIN_CPA_VERSION:
-            return [str(_("CPA below v6.10.8 has no HTTP usage queue; upgrade to v7.1.39 or newer."))]
+            return [
+                str(_("CPA below v6.10.8 has no HTTP usage queue; upgrade to v7.1.39 or newer."))
+            ]
         if found < RECOMMENDED_CPA_VERSION:
             return [str(_("CPA v7.1.39 or newer is recommended."))]
         return []
@@ -348,27 +371,39 @@ class RouteOverride(models.Model):
         CPAMP = "cpamp", _("CPAMP :18317")
 
     deployment = models.ForeignKey(
-        Deployment, on_delete=models.CASCADE, related_name="overrides"
+        Deployment, on_delete=models.CASCADE, related_name="overrides", verbose_name=_("deployment")
     )
     match = models.CharField(
-        _("match"), max_length=10, choices=Match.choices, default=Match.PREFIX,
+        _("match"),
+        max_length=10,
+        choices=Match.choices,
+        default=Match.PREFIX,
         help_text=_("How nginx compares the path: exact, prefix (^~), regex (~) or regex_i (~*)."),
     )
     path = models.CharField(
-        _("path"), max_length=1024,
+        _("path"),
+        max_length=1024,
         help_text=_("e.g. /config for a prefix, or ^/v2/.+ for a regex."),
     )
     target = models.CharField(
-        _("target"), max_length=10, choices=Target.choices, default=Target.CPA,
+        _("target"),
+        max_length=10,
+        choices=Target.choices,
+        default=Target.CPA,
         help_text=_("Which upstream answers."),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
     position = models.PositiveIntegerField(
-        _("position"), default=0,
+        _("position"),
+        default=0,
         help_text=_("Order among overrides; regex locations are tried in this order."),
     )
-    note = models.CharField(_("note"), max_length=200, blank=True,
-                            help_text=_("Why this route exists, e.g. the failing panel path."))
+    note = models.CharField(
+        _("note"),
+        max_length=200,
+        blank=True,
+        help_text=_("Why this route exists, e.g. the failing panel path."),
+    )
 
     class Meta:
         ordering = ["deployment", "position", "id"]
@@ -414,30 +449,56 @@ class Key(models.Model):
 
     SINGLE_ROLES = (keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT)
 
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="keys")
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="keys", verbose_name=_("deployment")
+    )
     role = models.CharField(_("role"), max_length=20, choices=Role.choices)
-    label = models.CharField(_("label"), max_length=100, blank=True,
-                             help_text=_("e.g. ci-runner. Helps tell API keys apart."))
+    label = models.CharField(
+        _("label"),
+        max_length=100,
+        blank=True,
+        help_text=_("e.g. ci-runner. Helps tell API keys apart."),
+    )
     ciphertext = models.TextField(editable=False)
     fingerprint = models.CharField(max_length=64, editable=False, db_index=True)
     last4 = models.CharField(max_length=4, editable=False)
     custom_format = models.BooleanField(
-        _("custom format"), default=False,
-        help_text=_("Allow a CPAMP Admin Key that does not look like cpamp_…/cmp_admin_… "
-                    "(CPAMP accepts any key set through CPA_MANAGER_ADMIN_KEY)."),
+        _("custom format"),
+        default=False,
+        help_text=_(
+            "Allow a CPAMP Admin Key that does not look like cpamp_…/cmp_admin_… "
+            "(CPAMP accepts any key set through CPA_MANAGER_ADMIN_KEY)."
+        ),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+", editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        verbose_name=_("created by"),
+    )
     rotated_at = models.DateTimeField(_("rotated at"), null=True, blank=True, editable=False)
-    rotated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+", editable=False)
-    last_validated_at = models.DateTimeField(_("last validated at"), null=True, blank=True,
-                                             editable=False)
-    last_validation_ok = models.BooleanField(_("last validation passed"), null=True, blank=True,
-                                             editable=False)
-    last_validation_detail = models.TextField(_("last validation detail"), blank=True,
-                                              editable=False)
+    rotated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        verbose_name=_("rotated by"),
+    )
+    last_validated_at = models.DateTimeField(
+        _("last validated at"), null=True, blank=True, editable=False
+    )
+    last_validation_ok = models.BooleanField(
+        _("last validation passed"), null=True, blank=True, editable=False
+    )
+    last_validation_detail = models.TextField(
+        _("last validation detail"), blank=True, editable=False
+    )
 
     objects = KeyQuerySet.as_manager()
 
@@ -455,7 +516,9 @@ class Key(models.Model):
                 fields=["deployment", "fingerprint"], name="key_no_reuse_in_deployment"
             ),
             models.CheckConstraint(
-                condition=Q(role__in=[keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT, keyring.CPA_API]),
+                condition=Q(
+                    role__in=[keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT, keyring.CPA_API]
+                ),
                 name="key_role_valid",
             ),
         ]
@@ -482,12 +545,20 @@ class Key(models.Model):
 class KeyRotation(models.Model):
     """One replaced secret of a key: who replaced it and when (never the value)."""
 
-    key = models.ForeignKey(Key, on_delete=models.CASCADE, related_name="rotations")
+    key = models.ForeignKey(
+        Key, on_delete=models.CASCADE, related_name="rotations", verbose_name=_("key")
+    )
     previous_fingerprint = models.CharField(max_length=64)
     previous_last4 = models.CharField(max_length=4)
     rotated_at = models.DateTimeField(auto_now_add=True)
-    rotated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    rotated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("rotated by"),
+    )
     reason = models.CharField(max_length=100, blank=True, help_text=_("e.g. set_key, admin."))
 
     class Meta:
@@ -507,13 +578,21 @@ class ConfigExport(models.Model):
         COMMAND = "command", _("command")
         ARCHIVE = "archive", _("archive download")
 
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="exports")
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="exports", verbose_name=_("deployment")
+    )
     content_hash = models.CharField(_("SHA-256"), max_length=64)
     text = models.TextField(_("config"))
     source = models.CharField(_("source"), max_length=10, choices=Source.choices)
     created_at = models.DateTimeField(_("exported at"), auto_now_add=True, db_index=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -526,21 +605,32 @@ class ConfigExport(models.Model):
 
 class VerificationJob(models.Model):
     deployment = models.OneToOneField(
-        Deployment, on_delete=models.CASCADE, related_name="verification_job"
+        Deployment,
+        on_delete=models.CASCADE,
+        related_name="verification_job",
+        verbose_name=_("deployment"),
     )
     base_url = models.CharField(
-        _("base URL"), max_length=300, blank=True, validators=[v.validate_url],
+        _("base URL"),
+        max_length=300,
+        blank=True,
+        validators=[v.validate_url],
         help_text=_("Empty: the deployment's verification base URL, or its domain and scheme."),
     )
     verify_tls = models.BooleanField(_("verify TLS"), default=True)
-    timeout_seconds = models.FloatField(_("timeout (s)"), default=10.0,
-                                        help_text=_("Per request, e.g. 10."))
+    timeout_seconds = models.FloatField(
+        _("timeout (s)"), default=10.0, help_text=_("Per request, e.g. 10.")
+    )
     enabled_checks = models.JSONField(
-        _("enabled checks"), default=list, blank=True,
+        _("enabled checks"),
+        default=list,
+        blank=True,
         help_text=_("Check ids to run; empty runs every check that applies."),
     )
     interval_minutes = models.PositiveIntegerField(
-        _("interval (minutes)"), null=True, blank=True,
+        _("interval (minutes)"),
+        null=True,
+        blank=True,
         help_text=_("Run on this interval from `manage.py verify --due`; empty: manual only."),
     )
     last_enqueued_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -573,12 +663,21 @@ class VerificationRun(models.Model):
         SCHEDULED = "scheduled", _("scheduled")
         COMMAND = "command", _("command")
 
-    job = models.ForeignKey(VerificationJob, on_delete=models.CASCADE, related_name="runs")
-    status = models.CharField(_("status"), max_length=10, choices=Status.choices,
-                              default=Status.QUEUED, db_index=True)
+    job = models.ForeignKey(
+        VerificationJob, on_delete=models.CASCADE, related_name="runs", verbose_name=_("job")
+    )
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
     trigger = models.CharField(_("trigger"), max_length=10, choices=Trigger.choices)
-    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                     on_delete=models.SET_NULL, related_name="+")
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("triggered by"),
+    )
     base_url = models.CharField(_("base URL"), max_length=300, blank=True)
     created_at = models.DateTimeField(_("queued at"), auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
@@ -606,7 +705,9 @@ class VerificationRun(models.Model):
 
 
 class CheckResult(models.Model):
-    run = models.ForeignKey(VerificationRun, on_delete=models.CASCADE, related_name="results")
+    run = models.ForeignKey(
+        VerificationRun, on_delete=models.CASCADE, related_name="results", verbose_name=_("run")
+    )
     position = models.PositiveIntegerField(default=0)
     check_id = models.CharField(_("check"), max_length=40)
     method = models.CharField(_("method"), max_length=8)
@@ -634,12 +735,25 @@ class AuditEvent(models.Model):
     """One recorded action. Append-only: only superusers may prune."""
 
     created_at = models.DateTimeField(_("at"), auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                              on_delete=models.SET_NULL, related_name="+")
-    actor_label = models.CharField(_("actor"), max_length=150, blank=True,
-                                   help_text=_("Username at the time, or 'command'."))
-    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL,
-                             related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("actor"),
+    )
+    actor_label = models.CharField(
+        _("actor"), max_length=150, blank=True, help_text=_("Username at the time, or 'command'.")
+    )
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("team"),
+    )
     action = models.CharField(_("action"), max_length=40, db_index=True)
     object_type = models.CharField(_("object type"), max_length=40, blank=True)
     object_id = models.CharField(_("object id"), max_length=64, blank=True)
@@ -653,4 +767,6 @@ class AuditEvent(models.Model):
         verbose_name_plural = _("audit events")
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.object_repr}"
+        return (
+            f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.object_repr}"
+        )

@@ -50,10 +50,23 @@ def role_in(user, team: Team | int | None) -> Role | None:
         return None
     cache = getattr(user, "_console_roles", None)
     if cache is None:
-        cache = dict(Membership.objects.filter(user=user).values_list("team_id", "role"))
+        rows = list(
+            Membership.objects.filter(user=user).values_list(
+                "team_id", "role", "team__require_owner_2fa"
+            )
+        )
+        cache = {tid: role for tid, role, _ in rows}
         user._console_roles = cache
+        # Teams where user is an owner and the team requires two-factor of its owners.
+        user._console_otp_teams = {tid for tid, role, req in rows if req and role == Role.OWNER}
     role = cache.get(team_id)
     return Role(role) if role else None
+
+
+def _otp_verified(user) -> bool:
+    # django-otp's middleware installs is_verified(); a user loaded elsewhere is unverified.
+    check = getattr(user, "is_verified", None)
+    return bool(callable(check) and check())
 
 
 def can(user, action: Action, team: Team | int | None) -> bool:
@@ -65,7 +78,13 @@ def can(user, action: Action, team: Team | int | None) -> bool:
     role = role_in(user, team)
     if role is None:
         return False
-    return ROLE_RANK[role] >= ROLE_RANK[REQUIRED_ROLE[action]]
+    if ROLE_RANK[role] < ROLE_RANK[REQUIRED_ROLE[action]]:
+        return False
+    # Team.require_owner_2fa: owner-level actions need a session verified by an OTP device.
+    otp_teams = getattr(user, "_console_otp_teams", ())
+    if REQUIRED_ROLE[action] == Role.OWNER and _team_id(team) in otp_teams:
+        return _otp_verified(user)
+    return True
 
 
 def require(user, action: Action, team: Team | int | None) -> None:
@@ -81,7 +100,10 @@ def teams_where(user, action: Action):
     if not user.is_authenticated:
         return Team.objects.none()
     roles = [r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[REQUIRED_ROLE[action]]]
-    return Team.objects.filter(memberships__user=user, memberships__role__in=roles).distinct()
+    teams = Team.objects.filter(memberships__user=user, memberships__role__in=roles)
+    if REQUIRED_ROLE[action] == Role.OWNER and not _otp_verified(user):
+        teams = teams.exclude(require_owner_2fa=True)
+    return teams.distinct()
 
 
 def can_deployment(user, action: Action, deployment: Deployment) -> bool:
@@ -106,3 +128,5 @@ def clear_cache(user) -> None:
     """Forget user's cached roles (after membership changes)."""
     if hasattr(user, "_console_roles"):
         del user._console_roles
+    if hasattr(user, "_console_otp_teams"):
+        del user._console_otp_teams

@@ -11,11 +11,12 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 # RFC 1123 label: letters, digits and inner hyphens, 1..63 characters.
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_SIZE = re.compile(r"^\d{1,9}[kKmMgG]?$")
+# \Z, not $: $ also matches before a trailing newline, which would let "name\n" through.
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+_SIZE = re.compile(r"^\d{1,9}[kKmMgG]?\Z")
 # Characters that would end a directive, open or close a block, start a comment or a quote.
 _PATH_FORBIDDEN = re.compile(r"[\s\"';{}#\\\x00-\x1f\x7f]")
-_FILE_PATH = re.compile(r"^/[A-Za-z0-9._/@+=-]*$")
+_FILE_PATH = re.compile(r"^/[A-Za-z0-9._/@+=-]*\Z")
 _HOST_NAME_MAX = 253
 
 
@@ -74,8 +75,8 @@ def split_host_port(value: str) -> tuple[str, int]:
         raise ValidationError(
             _("Give host:port without a scheme, for example cli-proxy-api:8317."), code="invalid"
         )
-    match = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$", value) or re.match(
-        r"^([^:\[\]]+):(\d{1,5})$", value
+    match = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})\Z", value) or re.match(
+        r"^([^:\[\]]+):(\d{1,5})\Z", value
     )
     if not match:
         raise ValidationError(
@@ -233,13 +234,13 @@ def validate_resolver(value: str) -> None:
 
 def validate_cpa_version(value: str) -> None:
     """Accept a version such as v7.1.39 or 7.1.39."""
-    if value and not re.match(r"^v?\d+\.\d+\.\d+$", value):
+    if value and not re.match(r"^v?\d+\.\d+\.\d+\Z", value):
         raise ValidationError(_("Give a version such as v7.1.39."), code="invalid")
 
 
 def parse_version(value: str) -> tuple[int, int, int] | None:
     """Return the version as a tuple, or None when it is empty or malformed."""
-    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)$", value or "")
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)\Z", value or "")
     return tuple(int(x) for x in match.groups()) if match else None  # type: ignore[return-value]
 
 

@@ -6,6 +6,15 @@ from django.contrib.auth import get_user_model
 from routes.models import Deployment, Membership, Team
 
 
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    """Use unhashed static URLs in tests: the whitenoise manifest exists only after collectstatic."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture
 def team(db):
     return Team.objects.create(name="Ops", slug="ops")

@@ -77,7 +77,17 @@ def check_directory(conf_dir: Path) -> NginxCheck:
         prefix = Path(tmp)
         main = _prepare(prefix, Path(conf_dir), daemon=False)
         proc = subprocess.run(
-            [binary, "-t", "-q", "-p", str(prefix), "-c", str(main), "-e", str(prefix / "error.log")],
+            [
+                binary,
+                "-t",
+                "-q",
+                "-p",
+                str(prefix),
+                "-c",
+                str(main),
+                "-e",
+                str(prefix / "error.log"),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -96,7 +106,9 @@ def check_texts(files: dict[str, str]) -> NginxCheck:
 
 
 @contextmanager
-def running_nginx(conf_dir: Path, *, wait_for: list[tuple[str, int]] | None = None) -> Iterator[Path]:
+def running_nginx(
+    conf_dir: Path, *, wait_for: list[tuple[str, int]] | None = None
+) -> Iterator[Path]:
     """Serve conf_dir with real nginx until the block ends; yield the sandbox prefix.
 
     Used by tests and benchmarks: the configs must listen on loopback addresses only.

@@ -1,0 +1,20 @@
+"""Run every benchmark in bench/ in turn and print their figures."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    """Run each bench_*.py with this interpreter; return non-zero if any failed."""
+    failed = 0
+    for script in sorted(HERE.glob("bench_*.py")):
+        print(f"== {script.name}", flush=True)
+        failed |= subprocess.call([sys.executable, str(script)], cwd=HERE.parent) != 0
+    return failed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,455 @@
+"""The guided "New deployment" flow: deployment, keys, then the config and first-setup values.
+
+Step 1 creates the deployment (validated with ``full_clean`` through ``save_deployment``), step 2
+stores the keys at once through ``set_key`` (encrypted), step 3 shows what to paste where. Between
+steps the session holds only the deployment id and the step reached, never a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+
+from routes import audit
+from routes import keys as keyring
+from routes.actions import save_deployment, set_key
+from routes.admin import registry
+from routes.admin.dashboard import optional_url
+from routes.models import DOCKER_PRESET, HOST_PRESET, Deployment, Key
+from routes.nginx.render import COMMON_FILENAME, render_common, render_site, site_filename
+from routes.permissions import Action, can, require, teams_where
+
+SESSION_KEY = "console_wizard"
+PRESETS = {"docker": DOCKER_PRESET, "host": HOST_PRESET}
+UPSTREAM_FIELDS = ("cpa_upstream", "cpamp_upstream", "cpamp_cpa_url")
+CPA_SNIPPET = (
+    'remote-management:\n  secret-key: "<your CPA Management Key>"\n  allow-remote: true\n'
+)
+
+
+class DeploymentStepForm(forms.ModelForm):
+    """Step 1: team, names, mode, topology preset, domain and TLS."""
+
+    topology = forms.ChoiceField(
+        label=_("Topology"),
+        choices=[
+            ("docker", _("Docker network")),
+            ("host", _("Nginx on the host")),
+            ("custom", _("Custom")),
+        ],
+        initial="docker",
+        widget=forms.RadioSelect,
+    )
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "team",
+            "name",
+            "slug",
+            "mode",
+            "server_name",
+            "tls",
+            "ssl_certificate",
+            "ssl_certificate_key",
+            "cpa_upstream",
+            "cpamp_upstream",
+            "cpamp_cpa_url",
+            "listen_address",
+            "http_port",
+            "https_port",
+            "verification_base_url",
+        ]
+        widgets = {"mode": forms.RadioSelect}
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams_where(user, Action.CREATE).order_by("name")
+        self.fields["team"].empty_label = None
+        self.fields["server_name"].label = _("Domain")
+        self.fields["tls"].widget.attrs["data-toggles"] = "#wizard-certificates"
+        for name in ("ssl_certificate", "ssl_certificate_key"):
+            # ModelForm replaces a model error's text by the form field's message of the same
+            # code; without this, the model's "Required when HTTPS is on." would read "This
+            # field is required.", which does not say why.
+            self.fields[name].error_messages.pop("required", None)
+        for name in UPSTREAM_FIELDS:
+            self.fields[name].required = False
+            self.fields[name].help_text = _("Filled in by the preset; edit it with Custom.")
+        self.fields["cpamp_cpa_url"].help_text = _(
+            "Entered in CPAMP's first setup. Use the internal address, never the public domain "
+            "(that makes a loop CPAMP -> Nginx -> CPAMP/CPA)."
+        )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        preset = PRESETS.get(data.get("topology") or "")
+        if preset is not None:
+            # The chosen preset wins over whatever the upstream fields held.
+            for name in UPSTREAM_FIELDS:
+                data[name] = preset[name]
+                self.errors.pop(name, None)
+        else:
+            for name in UPSTREAM_FIELDS:
+                if not data.get(name) and name not in self.errors:
+                    self.add_error(
+                        name,
+                        ValidationError(_("Required with the Custom topology."), code="required"),
+                    )
+        return data
+
+
+class KeysStepForm(forms.Form):
+    """Step 2: the three keys, write-only; a blank field keeps what is stored."""
+
+    cpamp_admin = forms.CharField(
+        label=_("CPAMP Admin Key"),
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text=_(
+            "Panel login. cmp_admin_... from CPAMP startup logs (cpamp_... on CPAMP v1.10+)."
+        ),
+    )
+    custom_format = forms.BooleanField(
+        label=_("My CPAMP takes its admin key from CPA_MANAGER_ADMIN_KEY in another format"),
+        required=False,
+    )
+    cpa_management = forms.CharField(
+        label=_("CPA Management Key"),
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text=_(
+            "CPA connection. CPA remote-management.secret-key; CPAMP stores it server-side and "
+            "uses it when talking to CPA."
+        ),
+    )
+    cpa_api = forms.CharField(
+        label=_("CPA API Key"),
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text=_(
+            "Normal API request. One of CPA's api-keys, sent as Authorization: Bearer to /v1/... ."
+        ),
+    )
+    api_label = forms.CharField(
+        label=_("API key label"),
+        required=False,
+        max_length=100,
+        help_text=_("Optional, e.g. verification. Helps tell API keys apart."),
+    )
+
+    ROLES = (keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT, keyring.CPA_API)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        seen: dict[str, str] = {}
+        for role in self.ROLES:
+            secret = data.get(role) or ""
+            if not secret:
+                continue
+            custom = bool(data.get("custom_format")) and role == keyring.CPAMP_ADMIN
+            for refusal in keyring.check_shape(role, secret, custom_format=custom):
+                self.add_error(role, ValidationError(refusal.message, code=refusal.code))
+            fingerprint = keyring.fingerprint(secret)
+            if fingerprint in seen:
+                self.add_error(
+                    role,
+                    ValidationError(
+                        _(
+                            "%(role)s: the same secret is entered as the %(other)s. Do not mix "
+                            "the three keys: each role needs its own secret."
+                        ),
+                        code="reuse",
+                        params={
+                            "role": keyring.ROLE_LABELS[role],
+                            "other": keyring.ROLE_LABELS[seen[fingerprint]],
+                        },
+                    ),
+                )
+            else:
+                seen[fingerprint] = role
+        return data
+
+    def secrets(self) -> list[tuple[str, str]]:
+        """Return (role, secret) for each key entered, in the seed's order."""
+        return [(role, self.cleaned_data[role]) for role in self.ROLES if self.cleaned_data[role]]
+
+
+class _Refused(Exception):
+    """Raised inside the key transaction to undo every key when one of them is refused."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the wizard's step indicator."""
+
+    number: int
+    label: str
+    state: str  # "done", "current" or "todo"
+
+
+def _steps(current: int) -> list[Step]:
+    labels = [_("Deployment"), _("Keys"), _("Config and first setup")]
+    return [
+        Step(n, label, "done" if n < current else "current" if n == current else "todo")
+        for n, label in enumerate(labels, start=1)
+    ]
+
+
+def _remember(request, deployment: Deployment, step: int) -> None:
+    # Only ids and step numbers: a secret never enters the session.
+    request.session[SESSION_KEY] = {"deployment": deployment.pk, "step": step}
+
+
+def _resumable(request) -> tuple[Deployment, int] | None:
+    state = request.session.get(SESSION_KEY)
+    if not isinstance(state, dict):
+        return None
+    deployment = (
+        Deployment.objects.visible_to(request.user).filter(pk=state.get("deployment")).first()
+    )
+    if deployment is None:
+        request.session.pop(SESSION_KEY, None)
+        return None
+    return deployment, int(state.get("step") or 2)
+
+
+STEP_URLS = {2: "admin:routes_deployment_wizard_keys", 3: "admin:routes_deployment_wizard_finish"}
+
+
+def _step_url(deployment: Deployment, step: int) -> str:
+    return reverse(STEP_URLS.get(step, STEP_URLS[2]), args=[deployment.pk])
+
+
+def _visible_deployment(request, pk: int) -> Deployment:
+    deployment = get_object_or_404(
+        Deployment.objects.visible_to(request.user).select_related("team"), pk=pk
+    )
+    require(request.user, Action.VIEW, deployment.team_id)
+    return deployment
+
+
+def _context(model_admin, request, *, title: str, step: int, **extra) -> dict:
+    return {
+        **model_admin.admin_site.each_context(request),
+        "opts": Deployment._meta,
+        "title": title,
+        "steps": _steps(step),
+        "step": step,
+        **extra,
+    }
+
+
+def wizard_start_view(model_admin, request):
+    """Step 1: create the deployment, or offer to resume an unfinished one."""
+    if not teams_where(request.user, Action.CREATE).exists():
+        team_add_url = optional_url("admin:routes_team_add")
+        if request.user.has_perm("routes.add_team") and team_add_url:
+            messages.info(request, gettext("Deployments belong to a team: create a team first."))
+            return HttpResponseRedirect(team_add_url)
+        raise PermissionDenied
+    if request.method == "POST":
+        form = DeploymentStepForm(request.POST, user=request.user)
+        if form.is_valid():
+            deployment = form.save(commit=False)
+            require(request.user, Action.CREATE, deployment.team_id)
+            try:
+                save_deployment(
+                    deployment=deployment, actor=request.user, ip=audit.client_ip(request)
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                _remember(request, deployment, 2)
+                messages.success(
+                    request,
+                    gettext("Deployment %(name)s created. Now add its keys.")
+                    % {"name": deployment},
+                )
+                return HttpResponseRedirect(_step_url(deployment, 2))
+    else:
+        initial = {"topology": "docker", **DOCKER_PRESET}
+        team = request.GET.get("team")
+        if team and team.isdigit():
+            initial["team"] = int(team)
+        form = DeploymentStepForm(initial=initial, user=request.user)
+    resume = _resumable(request)
+    context = _context(
+        model_admin,
+        request,
+        title=_("New deployment"),
+        step=1,
+        form=form,
+        presets_json=json.dumps({name: dict(values) for name, values in PRESETS.items()}),
+        resume_deployment=resume[0] if resume else None,
+        resume_url=_step_url(*resume) if resume else "",
+        modes=Deployment.Mode,
+    )
+    return TemplateResponse(request, "admin/routes/wizard/deployment.html", context)
+
+
+def wizard_keys_view(model_admin, request, pk: int):
+    """Step 2: store the three keys (owners only); each refused key names the broken rule."""
+    deployment = _visible_deployment(request, pk)
+    may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
+    if request.method == "POST":
+        if not may_manage:
+            raise PermissionDenied
+        form = KeysStepForm(request.POST)
+        if form.is_valid():
+            try:
+                with transaction.atomic():
+                    _store_keys(request, deployment, form)
+            except _Refused:
+                pass
+            else:
+                _remember(request, deployment, 3)
+                stored = len(form.secrets())
+                if stored:
+                    messages.success(
+                        request,
+                        ngettext(
+                            "%(count)d key stored encrypted.",
+                            "%(count)d keys stored encrypted.",
+                            stored,
+                        )
+                        % {"count": stored},
+                    )
+                return HttpResponseRedirect(_step_url(deployment, 3))
+    else:
+        form = KeysStepForm()
+    stored: dict[str, list[Key]] = {role: [] for role in KeysStepForm.ROLES}
+    for key in deployment.keys.order_by("role", "id"):
+        stored.setdefault(key.role, []).append(key)
+    purposes = {
+        keyring.CPAMP_ADMIN: (_("Panel login"), form["custom_format"]),
+        keyring.CPA_MANAGEMENT: (_("CPA connection"), None),
+        keyring.CPA_API: (_("Normal API request"), form["api_label"]),
+    }
+    context = _context(
+        model_admin,
+        request,
+        title=_("Keys of %(name)s") % {"name": deployment.name},
+        step=2,
+        deployment=deployment,
+        form=form,
+        may_manage=may_manage,
+        roles=[
+            {
+                "role": role,
+                "purpose": purposes[role][0],
+                "field": form[role],
+                "extra": purposes[role][1],
+                "stored": stored[role],
+            }
+            for role in KeysStepForm.ROLES
+        ],
+        finish_url=_step_url(deployment, 3),
+        change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
+    )
+    return TemplateResponse(request, "admin/routes/wizard/keys.html", context)
+
+
+def _store_keys(request, deployment: Deployment, form: KeysStepForm) -> None:
+    refused = False
+    for role, secret in form.secrets():
+        try:
+            set_key(
+                deployment=deployment,
+                role=role,
+                secret=secret,
+                label=form.cleaned_data["api_label"] if role == keyring.CPA_API else "",
+                custom_format=role == keyring.CPAMP_ADMIN and form.cleaned_data["custom_format"],
+                actor=request.user,
+                ip=audit.client_ip(request),
+                reason="wizard",
+            )
+        except ValidationError as exc:
+            refused = True
+            form.add_error(role, list(exc.messages))
+    if refused:
+        raise _Refused
+
+
+def wizard_finish_view(model_admin, request, pk: int):
+    """Step 3: the rendered config, the CPAMP first-setup values (masked) and the CPA snippet."""
+    deployment = _visible_deployment(request, pk)
+    state = request.session.get(SESSION_KEY)
+    if isinstance(state, dict) and state.get("deployment") == deployment.pk:
+        # The flow is complete: nothing left to resume.
+        request.session.pop(SESSION_KEY, None)
+    keys = {key.role: key for key in deployment.keys.filter(role__in=Key.SINGLE_ROLES)}
+    api_keys = deployment.keys.filter(role=keyring.CPA_API).count()
+    may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
+    may_export = can(request.user, Action.EXPORT, deployment.team_id)
+    may_verify = can(request.user, Action.VERIFY, deployment.team_id)
+    context = _context(
+        model_admin,
+        request,
+        title=_("Config and first setup of %(name)s") % {"name": deployment.name},
+        step=3,
+        deployment=deployment,
+        site_config=render_site(deployment),
+        site_filename=site_filename(deployment),
+        common_config=render_common([deployment.server_name]),
+        common_filename=COMMON_FILENAME,
+        cpa_snippet=CPA_SNIPPET,
+        admin_key=keys.get(keyring.CPAMP_ADMIN),
+        management_key=keys.get(keyring.CPA_MANAGEMENT),
+        api_key_count=api_keys,
+        panel_url=f"{deployment.base_url}/management.html",
+        reveal_url=(
+            optional_url("admin:routes_deployment_first_setup", deployment.pk) if may_manage else ""
+        ),
+        download_url=(
+            optional_url("admin:routes_deployment_config_download", deployment.pk)
+            if may_export
+            else ""
+        ),
+        config_url=optional_url("admin:routes_deployment_config", deployment.pk),
+        verify_url=(
+            optional_url("admin:routes_deployment_verify", deployment.pk) if may_verify else ""
+        ),
+        keys_url=_step_url(deployment, 2),
+        change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
+        manager_server=deployment.mode == Deployment.Mode.MANAGER_SERVER,
+    )
+    return TemplateResponse(request, "admin/routes/wizard/finish.html", context)
+
+
+def wizard_urls(model_admin) -> list:
+    """Return the wizard's URL patterns for the deployment admin."""
+    site = model_admin.admin_site
+
+    def wrap(view):
+        def bound(request, *args, **kwargs):
+            return view(model_admin, request, *args, **kwargs)
+
+        return site.admin_view(bound)
+
+    return [
+        path("wizard/", wrap(wizard_start_view), name="routes_deployment_wizard"),
+        path("wizard/<int:pk>/keys/", wrap(wizard_keys_view), name="routes_deployment_wizard_keys"),
+        path(
+            "wizard/<int:pk>/finish/",
+            wrap(wizard_finish_view),
+            name="routes_deployment_wizard_finish",
+        ),
+    ]
+
+
+registry.deployment_urls.append(wizard_urls)

@@ -1,0 +1,220 @@
+"""Login protection glue: client address, throttling backend, OTP login form, login audit.
+
+django-axes counts failed logins per username and per client IP; django-otp adds an optional
+TOTP second factor that becomes mandatory for owners of teams with ``require_owner_2fa``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from axes.backends import AxesStandaloneBackend
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.dispatch import receiver
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+from django_otp import devices_for_user
+from django_otp.admin import OTPAdminAuthenticationForm
+from django_otp.models import Device
+
+from routes import audit
+from routes.models import Role, Team
+
+USERNAME_MAX = 150
+# The trail's actor for failed logins: whoever typed the password is not known.
+_ANONYMOUS = "anonymous"
+
+
+def _valid_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(request) -> str | None:
+    """Return the client's IP: the TCP peer, or the X-Forwarded-For hop a trusted proxy saw."""
+    if request is None:
+        return None
+    peer = _valid_ip(request.META.get("REMOTE_ADDR", ""))
+    trusted = set(settings.CONSOLE_TRUSTED_PROXIES)
+    if peer is None or peer not in trusted:
+        return peer
+    # Walk the header from the right: the rightmost address a trusted proxy did not add is the
+    # client; anything further left was written by the client and could be forged.
+    hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        address = _valid_ip(hop)
+        if address is None:
+            return peer
+        if address not in trusted:
+            return address
+    return peer
+
+
+class LoginThrottleBackend(AxesStandaloneBackend):
+    """Refuse locked-out usernames and IPs; authentication itself is left to ModelBackend."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        # Every login form passes the request. Only in-process callers (the test client's
+        # login(), shell sessions) authenticate without one; there is no remote client to
+        # throttle then, and axes would otherwise raise.
+        if request is None:
+            return None
+        return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+def has_confirmed_device(user) -> bool:
+    """Return True when user has at least one confirmed OTP device."""
+    return any(True for _ in devices_for_user(user, confirmed=True))
+
+
+class ConsoleLoginForm(OTPAdminAuthenticationForm):
+    """The admin login form: the OTP token is required only of users with a confirmed device."""
+
+    otp_token = forms.CharField(
+        label=_("Two-factor code"),
+        required=False,
+        max_length=8,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+        help_text=_("Only if you enrolled an authenticator app."),
+    )
+    otp_error_messages = {
+        **OTPAdminAuthenticationForm.otp_error_messages,
+        "token_required": _(
+            "This account uses two-factor authentication: enter the code from your "
+            "authenticator app."
+        ),
+        "invalid_token": _("The two-factor code is wrong or has expired; try the next code."),
+    }
+
+    def clean(self):
+        self.cleaned_data = AdminAuthenticationForm.clean(self)
+        user = self.get_user()
+        if user is not None and has_confirmed_device(user):
+            try:
+                self.clean_otp(user)
+            except forms.ValidationError as error:
+                if error.code == "invalid_token":
+                    # A wrong code counts like a wrong password: axes throttles guessing of
+                    # codes per user and IP, and the trail records it.
+                    user_login_failed.send(
+                        sender=__name__,
+                        credentials={"username": user.get_username(), "reason": "otp"},
+                        request=self.request,
+                    )
+                raise
+        return self.cleaned_data
+
+    def _chosen_device(self, user):
+        device = super()._chosen_device(user)
+        if device is None:
+            # With a single device there is nothing to choose; pick it (locked for verify).
+            candidates = list(devices_for_user(user, confirmed=True))
+            if len(candidates) == 1:
+                device = Device.from_persistent_id(candidates[0].persistent_id, for_verify=True)
+        return device
+
+
+def owner_2fa_teams(user) -> list[Team]:
+    """Return the teams that require two-factor of owners where user is an owner."""
+    if not getattr(user, "is_authenticated", False):
+        return []
+    return list(
+        Team.objects.filter(
+            require_owner_2fa=True,
+            memberships__user=user,
+            memberships__role=Role.OWNER,
+        ).order_by("name")
+    )
+
+
+def is_verified(user) -> bool:
+    """Return True when user's session was verified with an OTP device."""
+    check = getattr(user, "is_verified", None)
+    return bool(callable(check) and check())
+
+
+def pending_2fa_teams(user) -> list[Team]:
+    """Return the teams whose owner-level actions user cannot use until signing in with OTP."""
+    if getattr(user, "is_superuser", False) or is_verified(user):
+        return []
+    return owner_2fa_teams(user)
+
+
+def enrol_url() -> str:
+    """Return the URL of the two-factor enrolment page."""
+    return reverse("admin:otp_totp_totpdevice_enrol")
+
+
+# --- Audit of logins ----------------------------------------------------------------------------
+
+
+@receiver(user_logged_in, dispatch_uid="routes.auth.logged_in")
+def record_login(sender, request, user, **kwargs) -> None:
+    """Record a login, and tell owners of 2FA teams without a verified session to enrol."""
+    verified = getattr(user, "otp_device", None) is not None
+    audit.record(
+        action="login",
+        actor=user,
+        obj=user,
+        changes={"otp": verified},
+        ip=client_ip(request),
+    )
+    if request is None or verified or user.is_superuser:
+        return
+    teams = owner_2fa_teams(user)
+    if teams:
+        messages.warning(
+            request,
+            _(
+                "%(teams)s require owners to use two-factor authentication. Until you sign in "
+                "with an authenticator code, owner actions (keys, members, first-setup values) "
+                "are refused. Enrol a device under Two-factor devices, then sign in again."
+            )
+            % {"teams": ", ".join(t.name for t in teams)},
+            fail_silently=True,
+        )
+
+
+@receiver(user_logged_out, dispatch_uid="routes.auth.logged_out")
+def record_logout(sender, request, user, **kwargs) -> None:
+    """Record a logout (user is None when nobody was logged in)."""
+    if user is None:
+        return
+    audit.record(action="logout", actor=user, obj=user, ip=client_ip(request))
+
+
+def _attempted_username(credentials: dict) -> str:
+    field = get_user_model().USERNAME_FIELD
+    value = credentials.get(field) or credentials.get("username") or ""
+    return str(value)[:USERNAME_MAX]
+
+
+@receiver(user_login_failed, dispatch_uid="routes.auth.login_failed")
+def record_login_failed(sender, credentials, request=None, **kwargs) -> None:
+    """Record a failed login with the attempted username only (Django already hides the rest)."""
+    username = _attempted_username(credentials or {})
+    User = get_user_model()
+    target = (
+        User._default_manager.filter(**{User.USERNAME_FIELD: username}).first()
+        if username
+        else None
+    )
+    audit.record(
+        action="login.failed",
+        actor_label=_ANONYMOUS,
+        obj=target,
+        object_repr=username,
+        changes={
+            "username": username,
+            "locked_out": bool(getattr(request, "axes_locked_out", False)),
+            **({"reason": "otp"} if (credentials or {}).get("reason") == "otp" else {}),
+        },
+        ip=client_ip(request),
+    )

@@ -1,0 +1,404 @@
+"""Console forms: deployments (presets, edit conflicts), overrides, write-only keys, members."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.forms.formsets import DELETION_FIELD_NAME
+from django.utils.translation import gettext_lazy as _
+
+from routes import actions
+from routes import keys as keyring
+from routes import validators as v
+from routes.models import (
+    DOCKER_PRESET,
+    HOST_PRESET,
+    Deployment,
+    Key,
+    Membership,
+    Role,
+    RouteOverride,
+    Team,
+)
+from routes.permissions import Action, can
+
+PRESETS = {"docker": DOCKER_PRESET, "host": HOST_PRESET}
+PRESET_FIELDS = ("cpa_upstream", "cpamp_upstream", "cpamp_cpa_url")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A field whose stored value differs from the value a user submitted."""
+
+    label: str
+    current: Any
+    submitted: Any
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Why a save was refused: the version loaded, the stored one and what happened between."""
+
+    loaded_version: int
+    current_version: int
+    changes: list[actions.Change]
+    differences: list[Difference]
+
+    @property
+    def change_rows(self) -> list[tuple[actions.Change, str]]:
+        """Return each change with its fields summarised as "name: old → new; ..."."""
+        return [(change, summarise(change.fields)) for change in self.changes]
+
+
+def summarise(fields: dict[str, Any]) -> str:
+    """Return a field diff as one line; secrets only ever appear as "changed"."""
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, list) and len(value) == 2:
+            old, new = ("—" if x in (None, "") else x for x in value)
+            parts.append(f"{name}: {old} → {new}")
+        else:
+            parts.append(f"{name}: {value}")
+    return "; ".join(parts)
+
+
+class DeploymentForm(forms.ModelForm):
+    topology = forms.ChoiceField(
+        label=_("Topology preset"),
+        required=False,
+        initial="docker",
+        choices=[
+            ("", _("None: I fill in the upstream fields")),
+            (
+                "docker",
+                _(
+                    "Docker network: cli-proxy-api:8317, cpa-manager-plus:18317, "
+                    "CPAMP reaches CPA at http://cli-proxy-api:8317"
+                ),
+            ),
+            (
+                "host",
+                _(
+                    "Nginx on the host: 127.0.0.1:8317, 127.0.0.1:18317, "
+                    "CPAMP reaches CPA at http://127.0.0.1:8317"
+                ),
+            ),
+        ],
+        help_text=_("Fills every upstream field you leave blank with the preset's value."),
+    )
+    loaded_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "name",
+            "slug",
+            "team",
+            "mode",
+            "server_name",
+            "listen_address",
+            "http_port",
+            "tls",
+            "https_port",
+            "ssl_certificate",
+            "ssl_certificate_key",
+            "http2",
+            "cpa_upstream",
+            "cpamp_upstream",
+            "cpamp_cpa_url",
+            "resolver",
+            "client_max_body_size",
+            "proxy_read_timeout",
+            "proxy_send_timeout",
+            "route_tracing",
+            "cpa_version",
+            "verification_base_url",
+            "notes",
+        ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.conflict: Conflict | None = None
+        if self.instance.pk:
+            self.fields.pop("topology", None)
+            self.fields["loaded_version"].initial = self.instance.version
+        else:
+            self.fields.pop("loaded_version", None)
+            # Blank upstreams on the add form, so that the chosen preset fills them.
+            for name in PRESET_FIELDS:
+                if name in self.fields:
+                    self.fields[name].required = False
+                    self.initial[name] = ""
+
+    def clean_server_name(self) -> str:
+        # Users type IDN domains; nginx and the model want the punycode form.
+        return v.normalize_server_name(self.cleaned_data.get("server_name", ""))
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if "topology" in self.fields:
+            preset = PRESETS.get(cleaned.get("topology") or "")
+            for name in PRESET_FIELDS:
+                if name not in self.fields or cleaned.get(name) or name in self.errors:
+                    continue
+                if preset is None:
+                    self.add_error(
+                        name,
+                        ValidationError(
+                            _("Required: fill it in or choose a topology preset."),
+                            code="required",
+                        ),
+                    )
+                else:
+                    cleaned[name] = preset[name]
+        if self.instance.pk and "loaded_version" in self.fields:
+            self._refuse_stale_edit(cleaned)
+        return cleaned
+
+    def _refuse_stale_edit(self, cleaned: dict) -> None:
+        loaded = cleaned.get("loaded_version")
+        rows = Deployment.objects.filter(pk=self.instance.pk)
+        if connection.in_atomic_block:
+            # Hold the row until the admin's transaction ends, so check and save are one step.
+            rows = rows.select_for_update()
+        current = rows.first()
+        if current is None or loaded is None or current.version == loaded:
+            return
+        differences = []
+        for name, field in self.fields.items():
+            if name in ("loaded_version",) or name not in cleaned:
+                continue
+            stored = getattr(current, name, None)
+            submitted = cleaned[name]
+            if isinstance(submitted, Team):
+                submitted, stored = submitted.slug, current.team.slug
+            if stored != submitted:
+                differences.append(Difference(str(field.label), stored, submitted))
+        self.conflict = Conflict(
+            loaded_version=loaded,
+            current_version=current.version,
+            changes=actions.changes_since(deployment=current, version=loaded),
+            differences=differences,
+        )
+        # The next save is a deliberate overwrite by a user who has seen the changes below.
+        self.data = self.data.copy()
+        self.data[self.add_prefix("loaded_version")] = current.version
+        raise ValidationError(
+            _(
+                "Someone else saved this deployment after you opened it (you loaded version "
+                "%(loaded)s, it is now at version %(current)s). Nothing was saved and your edits "
+                "are still in the form. Review what changed below, then save again to replace "
+                "the current version with yours, or reload the page to start from it. Key "
+                "secrets you typed must be typed again."
+            ),
+            code="stale",
+            params={"loaded": loaded, "current": current.version},
+        )
+
+
+class RouteOverrideForm(forms.ModelForm):
+    class Meta:
+        model = RouteOverride
+        fields = ["match", "path", "target", "enabled", "position", "note"]
+
+
+class KeyForm(forms.ModelForm):
+    """A key with a write-only secret: it is never rendered back, blank keeps the stored one."""
+
+    secret = forms.CharField(
+        label=_("Secret"),
+        required=False,
+        strip=False,
+        max_length=keyring.MAX_LENGTH * 2,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=_("Write-only. Leave blank to keep the stored secret; a new value rotates it."),
+    )
+    # The standalone key admin checks reuse and single roles here; the inline formset does it
+    # across all its rows instead.
+    check_deployment = False
+
+    class Meta:
+        model = Key
+        fields = ["deployment", "role", "label", "custom_format", "secret"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            for name in ("role", "deployment"):
+                if name in self.fields:
+                    self.fields[name].disabled = True
+                    self.fields[name].help_text = _(
+                        "Fixed for a stored key; add a new key to use another."
+                    )
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        secret = cleaned.get("secret") or ""
+        role = cleaned.get("role") or self.instance.role
+        if not self.instance.pk and not secret and self.has_changed():
+            self.add_error(
+                "secret", ValidationError(_("A new key needs its secret."), code="required")
+            )
+        if not (secret and role):
+            return cleaned
+        deployment = cleaned.get("deployment") or getattr(self.instance, "deployment", None)
+        if self.check_deployment and deployment is not None:
+            problems = actions.check_key(
+                deployment=deployment,
+                role=role,
+                secret=secret,
+                custom_format=bool(cleaned.get("custom_format")),
+                replacing=self.instance if self.instance.pk else None,
+            )
+        else:
+            problems = keyring.check_shape(
+                role, secret, custom_format=bool(cleaned.get("custom_format"))
+            )
+        for problem in problems:
+            self.add_error("secret", ValidationError(problem.message, code=problem.code))
+        return cleaned
+
+
+class StandaloneKeyForm(KeyForm):
+    check_deployment = True
+
+
+class KeyInlineFormSet(forms.BaseInlineFormSet):
+    """Checks across rows: no secret twice in a deployment, one key per single role, owners only."""
+
+    user = None  # set per request by the inline admin
+
+    def clean(self) -> None:
+        super().clean()
+        deployment = self.instance
+        # Not self.deleted_forms: it is empty while any row is invalid, as it may be here.
+        deleting = [f for f in self.forms if self._marked_deleted(f)]
+        deleted = {f.instance.pk for f in deleting if f.instance.pk}
+        live = [f for f in self.forms if f not in deleting and f.has_changed()]
+        if (live or deleted) and deployment.team_id is not None and self.user is not None:
+            if not can(self.user, Action.MANAGE_KEYS, deployment.team_id):
+                raise ValidationError(
+                    _("Only owners of team %(team)s manage its keys."),
+                    code="permission",
+                    params={"team": deployment.team.slug},
+                )
+        seen_fingerprints: dict[str, str] = {}
+        seen_roles: set[str] = set()
+        for form in self.forms:
+            if form in deleting or not hasattr(form, "cleaned_data"):
+                continue
+            role = form.cleaned_data.get("role") or form.instance.role
+            if role in Key.SINGLE_ROLES:
+                if role in seen_roles:
+                    form.add_error("role", self._single_role_error(role))
+                seen_roles.add(role)
+            secret = form.cleaned_data.get("secret")
+            if not secret or form.errors.get("secret"):
+                continue
+            fingerprint = keyring.fingerprint(secret)
+            if fingerprint in seen_fingerprints:
+                form.add_error(
+                    "secret",
+                    ValidationError(
+                        _(
+                            "%(role)s: the same secret is given for the %(other)s in this form. "
+                            "Do not mix the three keys: each role needs its own secret."
+                        ),
+                        code="reuse",
+                        params={
+                            "role": keyring.ROLE_LABELS[role],
+                            "other": keyring.ROLE_LABELS[seen_fingerprints[fingerprint]],
+                        },
+                    ),
+                )
+                continue
+            seen_fingerprints[fingerprint] = role
+            if deployment.pk is None:
+                continue
+            for problem in actions.check_key(
+                deployment=deployment,
+                role=role,
+                secret=secret,
+                custom_format=bool(form.cleaned_data.get("custom_format")),
+                replacing=form.instance if form.instance.pk else None,
+                ignore=deleted,
+            ):
+                if problem.code in ("reuse", "single_role"):
+                    field = "role" if problem.code == "single_role" else "secret"
+                    form.add_error(field, ValidationError(problem.message, code=problem.code))
+
+    def _marked_deleted(self, form) -> bool:
+        return bool(
+            self.can_delete
+            and getattr(form, "cleaned_data", None)
+            and form.cleaned_data.get(DELETION_FIELD_NAME)
+        )
+
+    @staticmethod
+    def _single_role_error(role: str) -> ValidationError:
+        return ValidationError(
+            _(
+                "%(role)s: a deployment holds only one %(role)s; give the existing key a new "
+                "secret to rotate it."
+            ),
+            code="single_role",
+            params={"role": keyring.ROLE_LABELS[role]},
+        )
+
+
+class TeamForm(forms.ModelForm):
+    class Meta:
+        model = Team
+        fields = ["name", "slug", "require_owner_2fa"]
+
+
+class MembershipAddForm(forms.ModelForm):
+    """Adds an existing account to a team by username (owners do not browse every account)."""
+
+    username = forms.CharField(
+        label=_("Username"), max_length=150, help_text=_("An existing account, e.g. alice.")
+    )
+
+    class Meta:
+        model = Membership
+        fields = ["username", "team", "role"]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        username = cleaned.get("username")
+        team = cleaned.get("team")
+        if not username:
+            return cleaned
+        try:
+            user = actions.find_user(username)
+        except ValidationError as exc:
+            self.add_error(None, exc)
+            return cleaned
+        if team is not None and Membership.objects.filter(team=team, user=user).exists():
+            self.add_error(
+                "username",
+                ValidationError(
+                    _("%(user)s is already a member of %(team)s."),
+                    code="unique",
+                    params={"user": username, "team": team.slug},
+                ),
+            )
+        cleaned["user"] = user
+        return cleaned
+
+
+class MembershipChangeForm(forms.ModelForm):
+    class Meta:
+        model = Membership
+        fields = ["role"]
+
+    def clean_role(self) -> str:
+        role = self.cleaned_data["role"]
+        stored = Membership.objects.select_related("team").get(pk=self.instance.pk)
+        if stored.role != role and role != Role.OWNER:
+            actions.check_keeps_an_owner(membership=stored)
+        return role

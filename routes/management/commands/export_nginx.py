@@ -1,0 +1,149 @@
+"""manage.py export_nginx SLUG [SLUG ...] | --all [--team SLUG] [--output-dir DIR] [--stdout]
+[--check] [--compose]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext as _
+
+from routes.models import Deployment, Team
+from routes.nginx.export import (
+    ExportError,
+    check_files,
+    export_warnings,
+    prepared,
+    record_exports,
+    render_files,
+    write_export,
+)
+from routes.nginx.render import InvalidDeployment, site_filename
+
+
+class Command(BaseCommand):
+    help = "Write the nginx configs of deployments into a directory (like conf.d) or to stdout."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployments to export.")
+        parser.add_argument(
+            "--all", action="store_true", help="Export every deployment (of --team, if given)."
+        )
+        parser.add_argument("--team", metavar="SLUG", help="With --all: only this team's.")
+        parser.add_argument(
+            "--output-dir",
+            metavar="DIR",
+            help="Directory to write into (default: settings.CONSOLE_EXPORT_DIR).",
+        )
+        # dest differs from "stdout": Django's execute() takes options["stdout"] as its stream.
+        parser.add_argument(
+            "--stdout",
+            dest="to_stdout",
+            action="store_true",
+            help="Print the files instead of writing them.",
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Run real nginx -t in a sandbox first; change nothing if it fails.",
+        )
+        parser.add_argument(
+            "--compose",
+            action="store_true",
+            help="Also write docker-compose.<slug>.yml, the seed's docker-compose file.",
+        )
+
+    def handle(self, *args, **options) -> None:
+        deployments, team = self._select(options)
+        if options["to_stdout"]:
+            self._print(deployments, check=options["check"])
+            return
+        output_dir = Path(options["output_dir"] or settings.CONSOLE_EXPORT_DIR)
+        try:
+            result = write_export(
+                deployments=deployments,
+                output_dir=output_dir,
+                check=options["check"],
+                compose=options["compose"],
+                source="command",
+                prune=options["all"],
+                prune_team=team.slug if team else None,
+            )
+        except (InvalidDeployment, ExportError) as exc:
+            raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(
+                _("Cannot write to %(dir)s: %(error)s") % {"dir": output_dir, "error": exc}
+            ) from exc
+        self._warn(result.warnings)
+        self.stdout.write(
+            _(
+                "Exported %(count)d deployment(s) to %(dir)s: %(written)d written, "
+                "%(unchanged)d unchanged, %(removed)d removed."
+            )
+            % {
+                "count": len(deployments),
+                "dir": output_dir,
+                "written": len(result.written),
+                "unchanged": len(result.unchanged),
+                "removed": len(result.removed),
+            }
+        )
+        for name in result.written:
+            self.stdout.write(_("  wrote %(name)s") % {"name": name})
+        for name in result.removed:
+            self.stdout.write(_("  removed %(name)s") % {"name": name})
+        if result.check is not None:
+            self.stdout.write(_("nginx -t: ok. %(output)s") % {"output": result.check.output})
+
+    def _select(self, options) -> tuple[list[Deployment], Team | None]:
+        slugs, everything, team_slug = options["slugs"], options["all"], options["team"]
+        if everything and slugs:
+            raise CommandError(_("Give deployment slugs or --all, not both."))
+        if not everything and not slugs:
+            raise CommandError(_("Give one or more deployment slugs, or --all."))
+        if team_slug and not everything:
+            raise CommandError(_("--team only works with --all."))
+        if options["to_stdout"] and options["compose"]:
+            raise CommandError(_("--compose writes files; it cannot be combined with --stdout."))
+        if options["to_stdout"] and options["output_dir"]:
+            raise CommandError(
+                _("--stdout prints the files; it cannot be combined with --output-dir.")
+            )
+        queryset = Deployment.objects.order_by("slug")
+        team = None
+        if everything:
+            if team_slug:
+                team = Team.objects.filter(slug=team_slug).first()
+                if team is None:
+                    raise CommandError(_("Unknown team: %(slug)s") % {"slug": team_slug})
+                queryset = queryset.filter(team=team)
+            return prepared(queryset), team
+        found = prepared(queryset.filter(slug__in=slugs))
+        missing = sorted(set(slugs) - {d.slug for d in found})
+        if missing:
+            raise CommandError(_("Unknown deployment: %(slugs)s") % {"slugs": ", ".join(missing)})
+        return found, None
+
+    def _warn(self, warnings) -> None:
+        for slug, warning in warnings:
+            prefix = f"{slug}: " if slug else ""
+            self.stderr.write(_("warning: %(warning)s") % {"warning": f"{prefix}{warning}"})
+
+    def _print(self, deployments: list[Deployment], *, check: bool) -> None:
+        try:
+            files = render_files(deployments)
+        except InvalidDeployment as exc:
+            raise CommandError(str(exc)) from exc
+        self._warn(export_warnings(deployments))
+        if check:
+            result = check_files(files)
+            if not result.ok:
+                raise CommandError(
+                    _("nginx -t refused the export:\n%(output)s") % {"output": result.output}
+                )
+            self.stderr.write(_("nginx -t: ok. %(output)s") % {"output": result.output})
+        # One stream that nginx can include as a single file: the shared map block first.
+        self.stdout.write("\n".join(files.values()), ending="")
+        record_exports(texts=[(d, files[site_filename(d)]) for d in deployments], source="command")

@@ -1,0 +1,100 @@
+"""Delete audit events older than a date (the trail is append-only otherwise)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from routes import audit
+from routes.models import AuditEvent, Team
+
+
+def parse_before(value: str) -> dt.datetime:
+    """Return the aware datetime of a YYYY-MM-DD date (midnight, local time) or ISO datetime."""
+    try:
+        moment = parse_datetime(value)
+        if moment is None:
+            day = parse_date(value)
+            if day is None:
+                raise ValueError
+            moment = dt.datetime.combine(day, dt.time.min)
+    except ValueError:
+        raise CommandError(
+            f"--before: {value!r} is not a date; use YYYY-MM-DD or an ISO datetime "
+            "such as 2025-01-31T12:00:00+00:00."
+        ) from None
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment
+
+
+def prune_events(*, before: dt.datetime, team: Team | None = None) -> int:
+    """Delete the events created before `before` (of team, when given); return how many."""
+    events = AuditEvent.objects.filter(created_at__lt=before)
+    if team is not None:
+        events = events.filter(team=team)
+    deleted, _ = events.delete()
+    return deleted
+
+
+class Command(BaseCommand):
+    help = "Delete audit events created before a date (superuser pruning from the command line)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--before",
+            required=True,
+            help="Delete events created before this date, e.g. 2025-01-01 (midnight, TIME_ZONE).",
+        )
+        parser.add_argument("--team", help="Only events of this team (slug).")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
+        )
+        parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+
+    def handle(self, *args, **options):
+        before = parse_before(options["before"])
+        if before > timezone.now():
+            raise CommandError(
+                f"--before: {options['before']} is in the future; that would delete today's "
+                "events too. Give a past date."
+            )
+        team = None
+        if options["team"]:
+            team = Team.objects.filter(slug=options["team"]).first()
+            if team is None:
+                raise CommandError(f"--team: no team with slug {options['team']!r}.")
+        if options["dry_run"]:
+            events = AuditEvent.objects.filter(created_at__lt=before)
+            if team is not None:
+                events = events.filter(team=team)
+            count = events.count()
+        else:
+            count = prune_events(before=before, team=team)
+            # The prune itself stays in the trail, so a gap always has an explanation.
+            audit.record(
+                action="audit.prune",
+                team=team,
+                changes={"before": before.isoformat(), "count": count},
+            )
+        if options["json"]:
+            payload = {
+                "before": before.isoformat(),
+                "deleted": 0 if options["dry_run"] else count,
+                "matching": count,
+                "dry_run": options["dry_run"],
+            }
+            self.stdout.write(json.dumps(payload))
+        elif options["dry_run"]:
+            self.stdout.write(
+                f"{count} audit event(s) created before {before:%Y-%m-%d %H:%M %Z} "
+                "would be deleted (dry run)."
+            )
+        else:
+            self.stdout.write(
+                f"Deleted {count} audit event(s) created before {before:%Y-%m-%d %H:%M %Z}."
+            )

@@ -1,0 +1,158 @@
+"""Re-encrypt every stored key under the primary CONSOLE_ENCRYPTION_KEYS entry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from cryptography.fernet import Fernet
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from routes import audit
+from routes import keys as keyring
+from routes.models import Key, Team
+
+GENERATE_HELP = """\
+New encryption key (keep it as secret as the old one):
+
+    {key}
+
+To rotate:
+  1. Put it FIRST in CONSOLE_ENCRYPTION_KEYS and keep the current key(s) after it, e.g.
+       CONSOLE_ENCRYPTION_KEYS={key},<current key>
+  2. Restart the console and the task worker, so that new keys are encrypted with it.
+  3. Run `manage.py rotate_encryption_key` until it reports 0 keys left to re-encrypt
+     (it is safe to interrupt and to run again).
+  4. Only then drop the old key from CONSOLE_ENCRYPTION_KEYS and restart again.
+"""
+
+
+@dataclass
+class RotationReport:
+    """What one run did; undecryptable rows are named by id, never by value."""
+
+    total: int = 0
+    rotated: int = 0
+    already_current: int = 0
+    changed_meanwhile: int = 0
+    undecryptable: list[dict] = field(default_factory=list)
+
+
+def check_configured_keys() -> None:
+    """Raise CommandError when an entry of CONSOLE_ENCRYPTION_KEYS is not a Fernet key."""
+    configured = settings.CONSOLE_ENCRYPTION_KEYS
+    if not configured:
+        raise CommandError("CONSOLE_ENCRYPTION_KEYS is empty: there is no key to encrypt with.")
+    for position, value in enumerate(configured, start=1):
+        try:
+            Fernet(value.encode() if isinstance(value, str) else value)
+        except (ValueError, TypeError):
+            raise CommandError(
+                f"CONSOLE_ENCRYPTION_KEYS entry {position} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes); generate one with --generate."
+            ) from None
+
+
+def rotate_keys(*, batch_size: int = 100, team: Team | None = None) -> RotationReport:
+    """Re-encrypt every key not yet under the primary key, batch by batch; return the counts."""
+    report = RotationReport()
+    keys = Key.objects.all()
+    if team is not None:
+        keys = keys.filter(deployment__team=team)
+    last_pk = 0
+    while True:
+        batch = list(
+            keys.filter(pk__gt=last_pk)
+            .order_by("pk")
+            .values_list("pk", "ciphertext", "deployment__slug", "role")[:batch_size]
+        )
+        if not batch:
+            break
+        # A batch commits as a whole; an interruption loses at most one batch of work, and the
+        # rows already written decrypt under the new key, so a rerun simply continues.
+        with transaction.atomic():
+            for pk, token, slug, role in batch:
+                report.total += 1
+                if keyring.is_current(token):
+                    report.already_current += 1
+                    continue
+                try:
+                    fresh = keyring.reencrypt(token)
+                except keyring.DecryptionError:
+                    # Left untouched: perhaps the key that decrypts it is not configured yet.
+                    report.undecryptable.append({"id": pk, "deployment": slug, "role": role})
+                    continue
+                # Written only if nobody replaced the secret since we read it; a secret set
+                # meanwhile was encrypted under the primary key already.
+                updated = Key.objects.filter(pk=pk, ciphertext=token).update(ciphertext=fresh)
+                if updated:
+                    report.rotated += 1
+                else:
+                    report.changed_meanwhile += 1
+        last_pk = batch[-1][0]
+    return report
+
+
+class Command(BaseCommand):
+    help = "Re-encrypt every stored key under the first CONSOLE_ENCRYPTION_KEYS entry."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--generate",
+            action="store_true",
+            help="Print a new encryption key and the rotation steps; change nothing.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=100,
+            help="Keys re-encrypted per transaction (default 100).",
+        )
+        parser.add_argument("--team", help="Only the keys of this team's deployments (slug).")
+        parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+
+    def handle(self, *args, **options):
+        if options["generate"]:
+            self.stdout.write(GENERATE_HELP.format(key=Fernet.generate_key().decode()))
+            return
+        if options["batch_size"] < 1:
+            raise CommandError("--batch-size: give a positive number of keys, e.g. 100.")
+        team = None
+        if options["team"]:
+            team = Team.objects.filter(slug=options["team"]).first()
+            if team is None:
+                raise CommandError(f"--team: no team with slug {options['team']!r}.")
+        check_configured_keys()
+
+        report = rotate_keys(batch_size=options["batch_size"], team=team)
+        audit.record(
+            action="keys.reencrypt",
+            team=team,
+            changes={
+                "rotated": report.rotated,
+                "already_current": report.already_current,
+                "changed_meanwhile": report.changed_meanwhile,
+                "undecryptable": len(report.undecryptable),
+            },
+        )
+        if options["json"]:
+            self.stdout.write(json.dumps(asdict(report), indent=2))
+        else:
+            self.stdout.write(
+                f"Keys examined: {report.total}; re-encrypted: {report.rotated}; already under "
+                f"the primary key: {report.already_current}; changed meanwhile (skipped): "
+                f"{report.changed_meanwhile}; undecryptable: {len(report.undecryptable)}."
+            )
+            for row in report.undecryptable:
+                self.stdout.write(
+                    f"  key #{row['id']} ({row['deployment']}, {row['role']}) cannot be decrypted "
+                    "with any configured key; left untouched."
+                )
+        if report.undecryptable:
+            raise CommandError(
+                f"{len(report.undecryptable)} key(s) could not be decrypted and were left "
+                "untouched. Add the encryption key they were written with to "
+                "CONSOLE_ENCRYPTION_KEYS (after the primary) and run again, or set those keys anew."
+            )

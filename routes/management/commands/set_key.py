@@ -1,0 +1,76 @@
+"""Store a deployment key read from stdin, never from the command line."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
+
+from routes import actions
+from routes import keys as keyring
+from routes.models import Deployment
+
+
+class Command(BaseCommand):
+    help = "Set a deployment key from stdin; replacing a single-role key is a recorded rotation."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("slug", metavar="SLUG", help="The deployment's slug, e.g. prod.")
+        parser.add_argument(
+            "role",
+            metavar="ROLE",
+            choices=list(keyring.ROLE_LABELS),
+            help=f"One of {', '.join(keyring.ROLE_LABELS)}.",
+        )
+        parser.add_argument(
+            "--label", default="", help="Label, e.g. ci-runner; an API key with it is replaced."
+        )
+        parser.add_argument(
+            "--custom-format",
+            action="store_true",
+            help="Accept a CPAMP Admin Key in a format of your own (CPA_MANAGER_ADMIN_KEY).",
+        )
+        parser.add_argument(
+            "--team", metavar="SLUG", help="Refuse unless the deployment belongs to this team."
+        )
+
+    def handle(self, *args, **options) -> None:
+        rows = Deployment.objects.filter(slug=options["slug"])
+        if options["team"]:
+            rows = rows.filter(team__slug=options["team"])
+        deployment = rows.first()
+        if deployment is None:
+            message = (
+                _("%(slug)s: no such deployment in team %(team)s.")
+                if options["team"]
+                else _("%(slug)s: no such deployment.")
+            )
+            raise CommandError(message % {"slug": options["slug"], "team": options["team"]})
+        secret = self._read_secret()
+        if not secret:
+            raise CommandError(_("secret: nothing was read from stdin."))
+        try:
+            key = actions.set_key(
+                deployment=deployment,
+                role=options["role"],
+                secret=secret,
+                label=options["label"],
+                custom_format=options["custom_format"],
+            )
+        except ValidationError as exc:
+            raise CommandError("\n".join(exc.messages)) from None
+        label = f" {key.label}" if key.label else ""
+        self.stdout.write(f"{deployment.slug}: {keyring.ROLE_LABELS[key.role]}{label} {key.masked}")
+
+    def _read_secret(self) -> str:
+        if sys.stdin.isatty():
+            return getpass.getpass(_("Secret (not echoed): "))
+        secret = sys.stdin.read()
+        # One trailing newline is how shells and `echo` end a line; anything else is kept and
+        # refused by the key rules if it is whitespace.
+        if secret.endswith("\r\n"):
+            return secret[:-2]
+        return secret[:-1] if secret.endswith("\n") else secret

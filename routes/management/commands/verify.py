@@ -1,0 +1,129 @@
+"""`manage.py verify`: run deployments' verification now, or enqueue the scheduled ones."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from routes import validators as v
+from routes import verify
+from routes.models import Deployment, Team
+
+USAGE_ERROR = 2
+
+
+class Command(BaseCommand):
+    help = "Run the verification checks of deployments now (exit 0 passed, 1 failed, 2 usage)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployment slugs to verify.")
+        parser.add_argument(
+            "--json", action="store_true", help="Print JSON (one object per deployment)."
+        )
+        parser.add_argument(
+            "--base-url",
+            help="Send the checks here instead of the job's base URL, e.g. https://10.0.0.5.",
+        )
+        parser.add_argument(
+            "--insecure", action="store_true", help="Do not verify TLS certificates."
+        )
+        parser.add_argument(
+            "--due",
+            action="store_true",
+            help="Enqueue every scheduled job whose interval has passed (for cron or a timer).",
+        )
+        parser.add_argument("--team", help="Only deployments of this team (slug).")
+
+    def handle(self, *args, **options) -> None:
+        team = self._team(options["team"])
+        if options["due"]:
+            if options["slugs"] or options["base_url"] or options["insecure"]:
+                raise CommandError(
+                    "--due enqueues scheduled jobs; it takes no SLUG, --base-url or --insecure.",
+                    returncode=USAGE_ERROR,
+                )
+            runs = verify.enqueue_due(team=team)
+            if options["json"]:
+                payload = [{"deployment": r.job.deployment.slug, "run": r.pk} for r in runs]
+                self.stdout.write(json.dumps({"enqueued": payload}))
+            else:
+                self.stdout.write(f"Enqueued {len(runs)} scheduled verification run(s).")
+            return
+        if not options["slugs"]:
+            raise CommandError(
+                "Give at least one deployment SLUG (or --due).", returncode=USAGE_ERROR
+            )
+        base_url = options["base_url"]
+        if base_url:
+            try:
+                v.validate_url(base_url)
+            except ValidationError as exc:
+                raise CommandError(
+                    f"--base-url: {' '.join(exc.messages)}", returncode=USAGE_ERROR
+                ) from None
+        deployments = self._deployments(options["slugs"], team)
+        all_passed = True
+        for deployment in deployments:
+            run = verify.verify_now(
+                deployment=deployment,
+                base_url=base_url,
+                insecure=options["insecure"],
+            )
+            all_passed &= run.status == verify.Status.PASSED
+            if options["json"]:
+                self.stdout.write(json.dumps(verify.run_as_json(run)))
+            else:
+                self._table(run)
+        if not all_passed:
+            raise SystemExit(1)
+
+    def _team(self, slug: str | None) -> Team | None:
+        if not slug:
+            return None
+        team = Team.objects.filter(slug=slug).first()
+        if team is None:
+            raise CommandError(f"--team: no team with slug {slug!r}.", returncode=USAGE_ERROR)
+        return team
+
+    def _deployments(self, slugs: list[str], team: Team | None) -> list[Deployment]:
+        found = {d.slug: d for d in Deployment.objects.filter(slug__in=slugs)}
+        missing = [s for s in slugs if s not in found]
+        if missing:
+            raise CommandError(
+                f"Unknown deployment slug(s): {', '.join(missing)}.", returncode=USAGE_ERROR
+            )
+        if team is not None:
+            outside = [s for s in slugs if found[s].team_id != team.pk]
+            if outside:
+                raise CommandError(
+                    f"Not in team {team.slug!r}: {', '.join(outside)}.", returncode=USAGE_ERROR
+                )
+        # Each slug once, in the order given.
+        return [found[s] for s in dict.fromkeys(slugs)]
+
+    def _table(self, run) -> None:
+        data = verify.run_as_json(run)
+        style = self.style.SUCCESS if run.status == verify.Status.PASSED else self.style.ERROR
+        self.stdout.write(
+            style(
+                f"{data['deployment']}: run #{data['run']} {data['status']} in "
+                f"{data['duration_ms'] or 0} ms ({run.base_url})"
+            )
+        )
+        if run.error:
+            self.stdout.write(f"  {run.error}")
+        header = f"  {'check':<28} {'method':<6} {'status':>6} {'expected':<9} {'observed':<9} "
+        self.stdout.write(header + f"{'ms':>6}  result")
+        for check in data["checks"]:
+            status = check["status_code"] if check["status_code"] is not None else "-"
+            latency = check["latency_ms"] if check["latency_ms"] is not None else "-"
+            result = "ok" if check["passed"] else "FAIL"
+            self.stdout.write(
+                f"  {check['id']:<28} {check['method']:<6} {status!s:>6} "
+                f"{check['expected_upstream'] or '-':<9} {check['observed_upstream'] or '-':<9} "
+                f"{latency!s:>6}  {result}"
+            )
+            if check["diagnosis"]:
+                self.stdout.write(f"      {check['diagnosis']}")

@@ -1,0 +1,166 @@
+"""The seed's route boundaries as data: which path goes to CPAMP and which to CPA, and why.
+
+The renderer, the simulator, the routes page and the lint all read this one table, so the seed's
+routing ("Route Boundaries" and the "Nginx HTTP Example" of the reverse-proxy guide) lives in
+exactly one place. Order is the seed's order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext_noop as N_
+
+EXACT = "exact"
+PREFIX = "prefix"
+REGEX = "regex"
+REGEX_I = "regex_i"
+MATCH_TYPES = (EXACT, PREFIX, REGEX, REGEX_I)
+
+CPA = "cpa"
+CPAMP = "cpamp"
+TARGETS = (CPA, CPAMP)
+
+# nginx's modifier for each match type. The fallback `location /` is a plain prefix (no ^~) so
+# that regex overrides are still tried for paths only it matches.
+MODIFIERS = {EXACT: "=", PREFIX: "^~", REGEX: "~", REGEX_I: "~*"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One location of the seed: how it matches, which upstream owns it and why."""
+
+    match: str
+    path: str
+    target: str
+    # English, because it is also written into the config as a comment (the config must not
+    # change with the viewer's language); pages show it through gettext.
+    note: str = ""
+    # What breaks when this route is sent to the other upstream (shown by the lint).
+    consequence: str = ""
+    section: str = ""
+
+
+_PANEL = _("the CPAMP panel, its setup and its health check stop working")
+_MANAGEMENT = _(
+    "the panel's management APIs (usage, model prices, aliases, dashboard, monitoring) bypass "
+    "CPAMP and fail"
+)
+_PLUGINS = _("plugin pages stay blank or their assets return 404")
+_USAGE_SERVICE = _("CPAMP's mode detection and config APIs are lost, so the panel misbehaves")
+_MODELS = _("/models loses CPAMP's compatibility proxy")
+_API = _("model API requests reach CPAMP, which does not serve them, so the API breaks")
+_CALLBACK = _("OAuth logins never reach CPA and fail")
+
+CPAMP_SECTION = "# ===== CPA Manager Plus ====="
+CPA_SECTION = "# ===== CPA / CLI Proxy API ====="
+
+BUILTIN_ROUTES: tuple[Route, ...] = (
+    Route(
+        EXACT,
+        "/management.html",
+        CPAMP,
+        N_("Manager Server-hosted management panel."),
+        _PANEL,
+        CPAMP_SECTION,
+    ),
+    Route(EXACT, "/health", CPAMP, N_("CPAMP health check."), _PANEL, CPAMP_SECTION),
+    Route(
+        EXACT, "/status", CPAMP, N_("CPAMP status (needs the Admin Key)."), _PANEL, CPAMP_SECTION
+    ),
+    Route(EXACT, "/setup", CPAMP, N_("CPAMP first setup."), _PANEL, CPAMP_SECTION),
+    Route(
+        PREFIX,
+        "/usage-service/",
+        CPAMP,
+        N_("CPAMP compatibility and runtime APIs."),
+        _USAGE_SERVICE,
+        CPAMP_SECTION,
+    ),
+    Route(
+        PREFIX,
+        "/v0/management/",
+        CPAMP,
+        N_(
+            "CPAMP handles usage, model prices, aliases, dashboard, monitoring and codex "
+            "inspection, and proxies other management APIs to CPA. Keep the trailing slash: "
+            "not location = /v0/management."
+        ),
+        _MANAGEMENT,
+        CPAMP_SECTION,
+    ),
+    Route(
+        PREFIX,
+        "/v0/resource/plugins/",
+        CPAMP,
+        N_("CPAMP plugin page resources; without this rule plugin pages may be blank."),
+        _PLUGINS,
+        CPAMP_SECTION,
+    ),
+    Route(
+        EXACT,
+        "/models",
+        CPAMP,
+        N_("CPAMP's compatibility proxy to CPA; 412/428 until first setup is done."),
+        _MODELS,
+        CPAMP_SECTION,
+    ),
+    Route(
+        PREFIX,
+        "/v1/",
+        CPA,
+        N_("OpenAI / Claude Code / Codex API requests go to CPA."),
+        _API,
+        CPA_SECTION,
+    ),
+    Route(PREFIX, "/v1beta/", CPA, N_("Gemini API requests."), _API, CPA_SECTION),
+    Route(PREFIX, "/backend-api/codex/", CPA, N_("Codex API requests."), _API, CPA_SECTION),
+    Route(PREFIX, "/api/", CPA, N_("Amp routes and provider APIs."), _API, CPA_SECTION),
+    Route(EXACT, "/v1internal:method", CPA, N_("Gemini CLI internal endpoint."), _API, CPA_SECTION),
+    Route(
+        EXACT,
+        "/healthz",
+        CPA,
+        N_("CPA health check."),
+        _("CPA's health check is answered by CPAMP (404)"),
+        CPA_SECTION,
+    ),
+    Route(EXACT, "/anthropic/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
+    Route(EXACT, "/codex/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
+    Route(EXACT, "/google/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
+    Route(EXACT, "/antigravity/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
+)
+
+# `location = /` answers 302 to /management.html: served by CPAMP (manager_server) or by CPA
+# itself (cpa_panel).
+ROOT_REDIRECT = Route(EXACT, "/", "", N_("Default entry point: the management panel."))
+ROOT_REDIRECT_TARGET = "/management.html"
+
+# Fallback to CPA: CPA root routes, Amp routes and future CPA endpoints.
+FALLBACK = Route(
+    PREFIX,
+    "/",
+    CPA,
+    N_("Fallback to CPA: CPA root routes, Amp routes and future CPA endpoints."),
+    _("new CPA endpoints without an explicit route are sent to CPAMP and break"),
+)
+
+# Paths that only the fallback owns, used to tell whether an override swallows "every uncertain
+# path" (the seed warns against sending those to CPAMP by default).
+FALLBACK_SAMPLES = ("/threads", "/docs/guide", "/a-future-cpa-endpoint", "/xai/callback")
+
+
+def builtin_key(match: str, path: str) -> tuple[str, str]:
+    """Return the key under which an override replaces a built-in route."""
+    return (match, path)
+
+
+BUILTIN_BY_KEY = {builtin_key(r.match, r.path): r for r in BUILTIN_ROUTES}
+
+
+def sample_paths(route: Route) -> tuple[str, ...]:
+    """Return request paths that the route owns in the seed (for shadowing checks)."""
+    if route.match == EXACT:
+        return (route.path,)
+    return (route.path, route.path + "models", route.path + "a/b")

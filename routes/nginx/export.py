@@ -1,0 +1,650 @@
+"""Export rendered configs: atomic files, tracked ownership, `nginx -t` before replacing.
+
+The export directory is meant to be nginx's ``conf.d``: it may hold files the console did not
+write. A manifest (``.console-export.json``) lists the files the console owns; only those are
+ever replaced or removed. Every export is stored as ConfigExport rows and one audit event per
+team.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from routes import audit
+from routes import validators as v
+from routes.models import ConfigExport, Deployment
+from routes.nginx import lint as linter
+from routes.nginx.render import (
+    COMMON_FILENAME,
+    render_common,
+    render_site,
+    resolves_at_request_time,
+    site_filename,
+)
+from routes.nginx.sandbox import NginxCheck, check_directory, nginx_binary
+
+MANIFEST = ".console-export.json"
+LOCK = ".console-export.lock"
+COMPOSE_PREFIX = "docker-compose."
+_SERVER_NAME_LINE = re.compile(r"^\s*server_name\s+(\S+);", re.MULTILINE)
+_CERT_LINE = re.compile(r"^(\s*ssl_certificate(?:_key)?\s+)(\S+);$", re.MULTILINE)
+_LISTEN_LINE = re.compile(
+    r"^(\s*listen\s+)(?:(\[[0-9A-Fa-f:.]+\]|[0-9.]+):)?(\d+)((?:\s+\w+)*);$", re.MULTILINE
+)
+# nginx -t binds every listen socket and ignores only "address in use": unprivileged ports and
+# loopback addresses keep the check independent of the console host's interfaces and user.
+_CHECK_PORT_BASE = 20000
+
+
+class ExportError(Exception):
+    """The export was refused or nginx rejected it; nothing in the directory changed."""
+
+    def __init__(self, message: str, check: NginxCheck | None = None):
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass
+class ExportResult:
+    """What an export did: files written, left unchanged and removed, the check, warnings."""
+
+    output_dir: Path | None
+    files: dict[str, str]
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    check: NginxCheck | None = None
+    warnings: list[tuple[str, linter.LintWarning]] = field(default_factory=list)
+    exports: list[ConfigExport] = field(default_factory=list)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compose_filename(deployment) -> str:
+    """Return the file name of the deployment's docker-compose file."""
+    return f"{COMPOSE_PREFIX}{deployment.slug}.yml"
+
+
+def prepared(deployments: Iterable[Deployment]) -> list[Deployment]:
+    """Return the deployments as a list, loading teams and overrides in a constant query count."""
+    if isinstance(deployments, QuerySet):
+        deployments = deployments.select_related("team").prefetch_related("overrides")
+    return list(deployments)
+
+
+def render_sites(deployments: Iterable[Deployment]) -> dict[str, str]:
+    """Return {site file name: text} of the deployments (InvalidDeployment on bad input)."""
+    return {site_filename(d): render_site(d) for d in deployments}
+
+
+def render_files(deployments: Iterable[Deployment]) -> dict[str, str]:
+    """Return {file name: text}: the shared file and one site file per deployment, sorted."""
+    deployments = prepared(deployments)
+    files = render_sites(deployments)
+    files[COMMON_FILENAME] = render_common(d.server_name for d in deployments)
+    return dict(sorted(files.items()))
+
+
+# --- docker-compose -----------------------------------------------------------------------
+
+
+def _service(lines: list[str], address: str, *, image: str, volumes: list[str]) -> str:
+    host, port = v.split_host_port(address)
+    lines += [
+        f"  {host}:",
+        f"    image: {image}",
+        f"    container_name: {host}",
+        "    restart: unless-stopped",
+        "    volumes:",
+        *[f'      - "{volume}"' for volume in volumes],
+        "    expose:",
+        f'      - "{port}"',
+    ]
+    return host
+
+
+def _cert_mounts(deployment) -> list[str]:
+    mounts: list[str] = []
+    for path in (deployment.ssl_certificate, deployment.ssl_certificate_key):
+        if path.startswith("/etc/nginx/ssl/"):
+            mount = "./nginx/ssl:/etc/nginx/ssl:ro"
+        elif path.startswith("/etc/letsencrypt/"):
+            # live/ holds symlinks into archive/: mount the whole tree.
+            mount = "/etc/letsencrypt:/etc/letsencrypt:ro"
+        else:
+            parent = str(Path(path).parent)
+            mount = f"{parent}:{parent}:ro"
+        if mount not in mounts:
+            mounts.append(mount)
+    return mounts
+
+
+def render_compose(deployment) -> str:
+    """Return the seed's docker-compose.yml for the deployment (Docker or host topology)."""
+    lines = [
+        f"# CPA gateway console: docker-compose file of deployment {deployment.slug}, after the",
+        "# seed's example. Put the exported *.conf files in ./nginx/conf.d.",
+        "services:",
+    ]
+    depends: list[str] = []
+    host_network = False
+    for address, label in ((deployment.cpa_upstream, "CPA"), (deployment.cpamp_upstream, "CPAMP")):
+        if resolves_at_request_time(address):
+            continue
+        host, _port = v.split_host_port(address)
+        host_network = host_network or host.startswith("127.") or host == "::1"
+        lines.append(f"  # {label} runs outside this file, at {address}.")
+    if resolves_at_request_time(deployment.cpa_upstream):
+        # The seed's image name is a placeholder; this is CPA's published image and its paths.
+        depends.append(
+            _service(
+                lines,
+                deployment.cpa_upstream,
+                image="eceasy/cli-proxy-api:latest",
+                volumes=[
+                    "./cliproxyapi/config.yaml:/CLIProxyAPI/config.yaml",
+                    "./cliproxyapi/auths:/root/.cli-proxy-api",
+                    "./cliproxyapi/logs:/CLIProxyAPI/logs",
+                ],
+            )
+        )
+        lines.append("")
+    if resolves_at_request_time(deployment.cpamp_upstream) and deployment.mode != "cpa_panel":
+        depends.append(
+            _service(
+                lines,
+                deployment.cpamp_upstream,
+                image="seakee/cpa-manager-plus:latest",
+                volumes=["./cpa-manager-plus-data:/data"],
+            )
+        )
+        if len(depends) > 1:
+            lines += ["    depends_on:", f"      - {depends[0]}"]
+        lines.append("")
+    lines += [
+        "  nginx:",
+        "    image: nginx:alpine",
+        f"    container_name: cpa-nginx-{deployment.slug.lower()}",
+        "    restart: unless-stopped",
+    ]
+    if host_network:
+        lines += [
+            "    # The upstreams listen on the host's loopback: share the host's network.",
+            "    network_mode: host",
+        ]
+    else:
+        lines += ["    ports:", f'      - "{deployment.http_port}:{deployment.http_port}"']
+        if deployment.tls:
+            lines.append(f'      - "{deployment.https_port}:{deployment.https_port}"')
+    lines += ["    volumes:", '      - "./nginx/conf.d:/etc/nginx/conf.d:ro"']
+    if deployment.tls:
+        lines += [f'      - "{mount}"' for mount in _cert_mounts(deployment)]
+    if depends:
+        lines += ["    depends_on:", *[f"      - {name}" for name in depends]]
+    if deployment.listen_address and not host_network:
+        lines.append(
+            f"    # listen_address {deployment.listen_address} is an address of the host; inside "
+            "the container nginx must listen on every interface: clear it for this file."
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- nginx -t -------------------------------------------------------------------------------
+
+
+def _stand_in_certificate(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "console nginx -t stand-in")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir()
+    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class _ListenMap:
+    """Map each listen address and port to a loopback address and an unprivileged port.
+
+    Distinct addresses stay distinct and equal ones stay equal, so the servers that share an
+    address:port (and what nginx checks about them: ssl, default server) are the same as in the
+    exported files.
+    """
+
+    def __init__(self) -> None:
+        self.ports: dict[str, int] = {}
+        self.addresses: dict[str, str] = {}
+
+    def swap(self, match: re.Match) -> str:
+        address, port = match.group(2), match.group(3)
+        mapped_port = self.ports.setdefault(port, _CHECK_PORT_BASE + len(self.ports))
+        if address:
+            address = self.addresses.setdefault(address, f"127.0.0.{len(self.addresses) + 1}")
+            target = f"{address}:{mapped_port}"
+        else:
+            target = str(mapped_port)
+        return f"{match.group(1)}{target}{match.group(4)};"
+
+
+def check_files(files: dict[str, str]) -> NginxCheck:
+    """Run real `nginx -t` on {file name: text} as one directory, in a throwaway sandbox.
+
+    The console host is usually not the nginx host: a certificate path that does not exist here
+    is replaced by a throwaway self-signed stand-in for the check only (the result says so), and
+    listen addresses and ports are mapped to loopback and unprivileged ones, because nginx -t
+    binds them.
+    """
+    if nginx_binary() is None:
+        return NginxCheck(False, _("nginx is not installed on the console host"), available=False)
+    with tempfile.TemporaryDirectory(prefix="console-export-check-") as tmp:
+        root = Path(tmp)
+        conf_dir = root / "conf.d"
+        conf_dir.mkdir()
+        missing: set[str] = set()
+        stand_in: tuple[Path, Path] | None = None
+
+        def swap(match: re.Match) -> str:
+            nonlocal stand_in
+            path = match.group(2)
+            if Path(path).exists():
+                return match.group(0)
+            missing.add(path)
+            if stand_in is None:
+                stand_in = _stand_in_certificate(root / "stand-in")
+            is_key = match.group(1).strip().startswith("ssl_certificate_key")
+            return f"{match.group(1)}{stand_in[1] if is_key else stand_in[0]};"
+
+        listen = _ListenMap()
+        for name, text in files.items():
+            if name.endswith(".conf"):
+                text = _LISTEN_LINE.sub(listen.swap, _CERT_LINE.sub(swap, text))
+                (conf_dir / name).write_text(text, encoding="utf-8")
+        result = check_directory(conf_dir)
+        output = result.output.replace(str(root), "<check>")
+    if missing and result.ok:
+        output += "\n" + _(
+            "Certificate files not found on the console host were replaced by a stand-in for "
+            "this check: %(paths)s."
+        ) % {"paths": ", ".join(sorted(missing))}
+    return NginxCheck(result.ok, output, result.available)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _temp_file(path: Path, text: str) -> str:
+    # The temp name ends in .tmp so that an nginx reload never includes a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _replace_all(changes: dict[Path, str]) -> None:
+    """Replace every file atomically: all temp files are on disk before the first rename."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in changes.items():
+            staged.append((_temp_file(path, text), path))
+        if staged:
+            # One sync for the whole batch: an fsync per file costs more than rendering it.
+            os.sync()
+        while staged:
+            tmp, path = staged[0]
+            os.replace(tmp, path)
+            staged.pop(0)
+    finally:
+        for tmp, _path in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    _replace_all({path: text})
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    # Two exports into one directory at once would race on the manifest.
+    with open(directory / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_manifest(directory: Path) -> dict[str, dict]:
+    """Return {file name: entry} of the files the console owns in directory."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(
+            _("%(path)s is not a valid export manifest; fix or delete it.") % {"path": path}
+        ) from exc
+    return {
+        name: entry
+        for name, entry in files.items()
+        if isinstance(entry, dict) and "/" not in name and not name.startswith(".")
+    }
+
+
+def _write_manifest(directory: Path, files: dict[str, dict]) -> None:
+    text = json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=2) + "\n"
+    _atomic_write(directory / MANIFEST, text)
+
+
+def cross_warnings(deployments: list[Deployment]) -> list[tuple[str, linter.LintWarning]]:
+    """Return warnings that only appear when deployments share one nginx."""
+    found: list[tuple[str, linter.LintWarning]] = []
+    names: dict[tuple[str, int, str], str] = {}
+    ports: dict[int, list[tuple[str, str, bool]]] = defaultdict(list)
+    for d in deployments:
+        listens = [(d.https_port, True), (d.http_port, False)] if d.tls else [(d.http_port, False)]
+        for port, ssl in listens:
+            key = (d.listen_address.strip("[]"), port, d.server_name)
+            if key in names:
+                found.append(
+                    (
+                        d.slug,
+                        linter.LintWarning(
+                            "conflicting_server_name",
+                            _(
+                                "%(a)s and %(b)s both serve %(name)s on port %(port)s; nginx "
+                                "ignores one of them."
+                            )
+                            % {"a": names[key], "b": d.slug, "name": d.server_name, "port": port},
+                            "server_name",
+                        ),
+                    )
+                )
+            names.setdefault(key, d.slug)
+            ports[port].append((d.slug, d.listen_address.strip("[]"), ssl))
+    for port, users in sorted(ports.items()):
+        plain = {address: slug for slug, address, ssl in users if not ssl}
+        if not plain:
+            continue
+        for slug, address, ssl in users:
+            if not ssl:
+                continue
+            # "" is every address: it overlaps with any other on the same port.
+            clash = (
+                plain.get(address)
+                or plain.get("")
+                or (next(iter(plain.values())) if not address else None)
+            )
+            if clash:
+                found.append(
+                    (
+                        slug,
+                        linter.LintWarning(
+                            "port_ssl_conflict",
+                            _(
+                                "Port %(port)s serves HTTPS for %(a)s and plain HTTP for %(b)s; "
+                                "nginx applies ssl to every server on that port."
+                            )
+                            % {"port": port, "a": slug, "b": clash},
+                            "https_port",
+                        ),
+                    )
+                )
+    return found
+
+
+def export_warnings(deployments: list[Deployment]) -> list[tuple[str, linter.LintWarning]]:
+    """Return every lint warning of the deployments, then those between them."""
+    found = [(d.slug, w) for d in deployments for w in linter.lint(d)]
+    return found + cross_warnings(deployments)
+
+
+def record_exports(
+    *, texts: list[tuple[Deployment, str]], actor=None, source: str, ip: str | None = None
+) -> list[ConfigExport]:
+    """Store one ConfigExport per deployment and one "config.export" audit event per team."""
+    if actor is not None and not getattr(actor, "is_authenticated", False):
+        actor = None
+    rows = ConfigExport.objects.bulk_create(
+        [
+            ConfigExport(
+                deployment=d, content_hash=sha256(text), text=text, source=source, created_by=actor
+            )
+            for d, text in texts
+        ]
+    )
+    by_team: dict[int, list[tuple[Deployment, str]]] = defaultdict(list)
+    for d, text in texts:
+        by_team[d.team_id].append((d, sha256(text)))
+    for team_id, items in sorted(by_team.items()):
+        changes: dict = {"source": source, "exports": {d.slug: h for d, h in items}}
+        if len(items) == 1:
+            changes["content_hash"] = items[0][1]
+        audit.record(
+            action="config.export",
+            actor=actor,
+            team=team_id,
+            obj=items[0][0] if len(items) == 1 else None,
+            object_repr="" if len(items) == 1 else _("%(n)d deployments") % {"n": len(items)},
+            changes=changes,
+            ip=ip,
+        )
+    return rows
+
+
+def write_export(
+    *,
+    deployments: Iterable[Deployment],
+    output_dir: Path,
+    check: bool = False,
+    compose: bool = False,
+    actor=None,
+    source: str = "command",
+    prune: bool = False,
+    prune_team: str | None = None,
+    ip: str | None = None,
+) -> ExportResult:
+    """Write the deployments' configs into output_dir atomically and record the export.
+
+    With ``check``, real `nginx -t` runs on the new files together with the owned files that stay,
+    before anything is replaced; a failure raises ExportError and changes nothing. With
+    ``prune``, owned files of deployments not in this export (of ``prune_team`` when given) are
+    removed. Files the console does not own are never replaced or removed.
+    """
+    deployments = prepared(deployments)
+    sites = render_sites(deployments)
+    result = ExportResult(output_dir=Path(output_dir), files={})
+    result.warnings = export_warnings(deployments)
+    entries = {
+        site_filename(d): {"kind": "site", "deployment": d.slug, "team": d.team.slug}
+        for d in deployments
+    }
+    files = dict(sites)
+    if compose:
+        for d in deployments:
+            files[compose_filename(d)] = render_compose(d)
+            entries[compose_filename(d)] = {
+                "kind": "compose",
+                "deployment": d.slug,
+                "team": d.team.slug,
+            }
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory):
+        owned = read_manifest(directory)
+        exported = {d.slug for d in deployments}
+        # A file is stale when its deployment is no longer exported, not merely when this export
+        # did not write it (a compose file stays when --compose is not given again).
+        stale = sorted(
+            name
+            for name, entry in owned.items()
+            if prune
+            and entry.get("kind") in ("site", "compose")
+            and entry.get("deployment") not in exported
+            and (prune_team is None or entry.get("team") == prune_team)
+        )
+        staying = [
+            name
+            for name, entry in owned.items()
+            if entry.get("kind") == "site" and name not in files and name not in stale
+        ]
+        server_names = [d.server_name for d in deployments]
+        for name in staying:
+            with contextlib.suppress(OSError):
+                server_names += _SERVER_NAME_LINE.findall((directory / name).read_text("utf-8"))
+        files[COMMON_FILENAME] = render_common(server_names)
+        entries[COMMON_FILENAME] = {"kind": "common"}
+        files = dict(sorted(files.items()))
+        result.files = files
+        for name in files:
+            if (directory / name).exists() and name not in owned:
+                raise ExportError(
+                    _(
+                        "%(path)s exists and was not written by the console; move it away or "
+                        "choose another output directory."
+                    )
+                    % {"path": directory / name}
+                )
+        for name, entry in owned.items():
+            current = directory / name
+            if name in files and entry.get("sha256") and current.exists():
+                if sha256(current.read_text("utf-8", errors="replace")) != entry["sha256"]:
+                    result.warnings.append(
+                        (
+                            entry.get("deployment", ""),
+                            linter.LintWarning(
+                                "edited_by_hand",
+                                _(
+                                    "%(name)s was edited by hand since the last export; this "
+                                    "export replaces the edit."
+                                )
+                                % {"name": name},
+                                name,
+                            ),
+                        )
+                    )
+        if check:
+            merged = {name: text for name, text in files.items() if name.endswith(".conf")}
+            for name in staying:
+                with contextlib.suppress(OSError):
+                    merged[name] = (directory / name).read_text("utf-8")
+            result.check = check_files(merged)
+            if not result.check.ok:
+                raise ExportError(
+                    _("nginx -t refused the export; nothing was changed:\n%(output)s")
+                    % {"output": result.check.output},
+                    result.check,
+                )
+        for name, text in files.items():
+            entries[name]["sha256"] = sha256(text)
+        # The manifest first lists old and new files, so a crash mid-way never leaves a file
+        # the console wrote but no longer recognises as its own.
+        _write_manifest(directory, {**owned, **entries})
+        changes: dict[Path, str] = {}
+        for name, text in files.items():
+            path = directory / name
+            try:
+                same = path.read_text("utf-8") == text
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if same:
+                result.unchanged.append(name)
+            else:
+                changes[path] = text
+                result.written.append(name)
+        _replace_all(changes)
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+            result.removed.append(name)
+        _write_manifest(
+            directory, {n: e for n, e in {**owned, **entries}.items() if n not in stale}
+        )
+        _fsync_dir(directory)
+    result.exports = record_exports(
+        texts=[(d, sites[site_filename(d)]) for d in deployments],
+        actor=actor,
+        source=source,
+        ip=ip,
+    )
+    return result
+
+
+def build_archive(
+    *, deployments: Iterable[Deployment], actor=None, source: str = "archive", ip=None
+) -> tuple[bytes, list[ConfigExport]]:
+    """Return a tar.gz of the shared file and the site files, and record the export."""
+    deployments = prepared(deployments)
+    files = render_files(deployments)
+    buffer = io.BytesIO()
+    mtime = int(timezone.now().timestamp())
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(f"conf.d/{name}")
+            info.size = len(data)
+            info.mtime = mtime
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    rows = record_exports(
+        texts=[(d, files[site_filename(d)]) for d in deployments], actor=actor, source=source, ip=ip
+    )
+    return buffer.getvalue(), rows

@@ -1,0 +1,874 @@
+"""The seed's verification checks as data, the one HTTP seam, and the parallel check runner.
+
+This is the only code that sends HTTP to deployments (routes/verify.py stores runs around it).
+Every request has explicit (connect, read) timeouts and an overall deadline, follows no redirect
+(the Location is reported instead), reads at most MAX_BODY bytes, and every URL, excerpt and
+diagnosis passes a Redactor that removes the deployment's secrets before anything is stored.
+Failures (refused, DNS, TLS, timeout) come back as data with a named diagnosis, never as
+exceptions.
+
+Who answered: the exported config adds ``X-Console-Upstream: cpa|cpamp``. Without it the
+fingerprints of the behaviour reference decide (CPAMP's ``{"error","code"}`` JSON and its
+``"service":"cpa-manager-plus"`` bodies, CPA's ``X-CPA-VERSION`` header); otherwise "unknown".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from routes import diagnoses as dx
+from routes import keys as keyring
+from routes import validators as v
+
+CPA = "cpa"
+CPAMP = "cpamp"
+UNKNOWN = "unknown"
+MANAGER_SERVER = "manager_server"
+CPA_PANEL = "cpa_panel"
+BOTH_MODES = (MANAGER_SERVER, CPA_PANEL)
+
+MAX_BODY = 64 * 1024
+EXCERPT_CHARS = 500
+REDACTED = "[redacted]"
+USER_AGENT = "cpa-gateway-console-verify/1"
+# CPA's management-auth refusals (reference 1.4); they count toward its 5-strikes IP ban.
+CPA_MANAGEMENT_ERRORS = ("invalid management key", "missing management key", "IP banned")
+
+# Turning TLS verification off is the operator's explicit choice on the job (or --insecure);
+# urllib3's warning on every such request would only flood the worker's log.
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
+# Key shapes worth hiding even when the console does not know the value (reference 2.1).
+_KEY_SHAPES = re.compile(r"\b(?:cpamp_[0-9A-Za-z]{32}|cmp_admin_[A-Za-z0-9_-]{43})\b")
+_SENSITIVE_NAME = re.compile(r"(?i)(key|secret|token|password|passwd|authorization|credential)")
+
+
+class Redactor:
+    """Remove known secrets, Bearer tokens and key-shaped values from text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is removed whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+        return _KEY_SHAPES.sub(REDACTED, text)
+
+
+def mask_json(value: Any, *, secret: bool = False) -> Any:
+    """Return value with the text under secret-looking names (api-keys, secret-key) masked."""
+    if isinstance(value, dict):
+        return {
+            k: mask_json(item, secret=secret or bool(_SENSITIVE_NAME.search(str(k))))
+            for k, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_json(item, secret=secret) for item in value]
+    # Flags and counts such as "dataKeyReady": true say nothing secret; text may be a key.
+    if secret and isinstance(value, str):
+        return REDACTED
+    return value
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification check: what to send and what a healthy deployment answers."""
+
+    id: str
+    label: Any
+    method: str
+    path: str
+    expected_upstream: str
+    # Accepted statuses; empty means any answer below 500.
+    statuses: tuple[int, ...] = (200,)
+    key_role: str = ""
+    needs_key: bool = False
+    modes: tuple[str, ...] = (MANAGER_SERVER,)
+    needs_tls: bool = False
+    # Probes on /v0/management/ that CPA may refuse: scheduled by _ManagementLane.
+    lane: bool = False
+    kind: str = "http"  # http | redirect | certificate | direct
+
+    def expected_text(self) -> str:
+        """Return the expectation in words, e.g. "200 from CPAMP"."""
+        who = {CPA: "CPA", CPAMP: "CPAMP"}.get(self.expected_upstream, "")
+        if self.kind == "redirect":
+            return _("301 to https://")
+        if self.kind == "certificate":
+            return _("a certificate for the server name, not expired")
+        if not self.statuses:
+            status = _("any answer below 500")
+        else:
+            status = _(" or ").join(str(s) for s in self.statuses)
+        return _("%(status)s from %(who)s") % {"status": status, "who": who} if who else status
+
+
+CHECKS: dict[str, Check] = {
+    c.id: c
+    for c in (
+        Check(
+            "panel",
+            gettext_lazy("Management panel"),
+            "HEAD",
+            "/management.html",
+            CPAMP,
+            modes=BOTH_MODES,
+        ),
+        Check("cpamp_health", gettext_lazy("CPAMP health"), "GET", "/health", CPAMP),
+        Check("cpa_health", gettext_lazy("CPA health"), "GET", "/healthz", CPA, modes=BOTH_MODES),
+        Check(
+            "usage_service_info",
+            gettext_lazy("CPAMP runtime info"),
+            "GET",
+            "/usage-service/info",
+            CPAMP,
+        ),
+        Check(
+            "api_models",
+            gettext_lazy("CPA API with the API key"),
+            "GET",
+            "/v1/models",
+            CPA,
+            key_role=keyring.CPA_API,
+            modes=BOTH_MODES,
+        ),
+        Check(
+            "management_config",
+            gettext_lazy("Management API through CPAMP"),
+            "GET",
+            "/v0/management/config",
+            CPAMP,
+            key_role=keyring.CPAMP_ADMIN,
+            lane=True,
+        ),
+        Check(
+            "plugin_resources",
+            gettext_lazy("Plugin resources"),
+            "GET",
+            "/v0/resource/plugins/",
+            CPAMP,
+            statuses=(),
+        ),
+        Check(
+            "models_compat",
+            gettext_lazy("/models compatibility proxy"),
+            "GET",
+            "/models",
+            CPAMP,
+            statuses=(),
+            key_role=keyring.CPA_API,
+        ),
+        Check(
+            "cpa_fallback",
+            gettext_lazy("Fallback to CPA for new paths"),
+            "GET",
+            "/console-fallback-probe",
+            CPA,
+            statuses=(),
+        ),
+        Check(
+            "management_refuses_api_key",
+            gettext_lazy("Management API refuses the API key"),
+            "GET",
+            "/v0/management/config",
+            CPAMP,
+            statuses=(401, 403),
+            key_role=keyring.CPA_API,
+            needs_key=True,
+            lane=True,
+        ),
+        Check(
+            "api_refuses_admin_key",
+            gettext_lazy("CPA API refuses the Admin Key"),
+            "GET",
+            "/v1/models",
+            CPA,
+            statuses=(401, 403),
+            key_role=keyring.CPAMP_ADMIN,
+            needs_key=True,
+        ),
+        Check(
+            "https_redirect",
+            gettext_lazy("HTTP redirects to HTTPS"),
+            "GET",
+            "/",
+            "",
+            statuses=(301,),
+            modes=BOTH_MODES,
+            needs_tls=True,
+            kind="redirect",
+        ),
+        Check(
+            "certificate",
+            gettext_lazy("Certificate"),
+            "TLS",
+            "",
+            "",
+            modes=BOTH_MODES,
+            needs_tls=True,
+            kind="certificate",
+        ),
+        Check(
+            "cpa_direct",
+            gettext_lazy("CPA Management Key against CPA directly"),
+            "GET",
+            "/v0/management/config",
+            CPA,
+            key_role=keyring.CPA_MANAGEMENT,
+            needs_key=True,
+            modes=BOTH_MODES,
+            lane=True,
+            kind="direct",
+        ),
+    )
+}
+# The seed's seven curl requests, in its order.
+SEED_CHECKS = (
+    "panel",
+    "cpamp_health",
+    "cpa_health",
+    "usage_service_info",
+    "api_models",
+    "management_config",
+    "plugin_resources",
+)
+NEGATIVE_CHECKS = ("management_refuses_api_key", "api_refuses_admin_key")
+
+
+def check_for_mode(check: Check, mode: str) -> Check:
+    """Return the check as it applies to a deployment mode."""
+    if mode == CPA_PANEL and check.id == "panel":
+        # CPA Panel mode: CPA serves /management.html itself, for GET only (gin maps no HEAD).
+        return replace(check, method="GET", expected_upstream=CPA)
+    return check
+
+
+def plan_checks(deployment, *, roles: Iterable[str], enabled: Iterable[str] = ()) -> list[Check]:
+    """Return the checks that apply to deployment, given the key roles it has stored."""
+    roles = set(roles)
+    wanted = set(enabled or ())
+    plan = []
+    for check in CHECKS.values():
+        if wanted and check.id not in wanted:
+            continue
+        if deployment.mode not in check.modes:
+            continue
+        if check.needs_tls and not deployment.tls:
+            continue
+        if check.needs_key and check.key_role not in roles:
+            continue
+        if check.kind == "direct" and not deployment.cpamp_cpa_url:
+            continue
+        plan.append(check_for_mode(check, deployment.mode))
+    return plan
+
+
+# --- the HTTP seam --------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """What one request got back (or why it got nothing)."""
+
+    method: str
+    url: str
+    status_code: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    latency_ms: int | None = None
+    error: str = ""  # refused | dns | tls | timeout | connection | "" (answered)
+    error_detail: str = ""  # never stored without redaction
+
+    @property
+    def location(self) -> str:
+        return self.headers.get("location", "")
+
+    def json(self) -> Any:
+        """Return the parsed JSON body, or None."""
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+
+def _classify(exc: BaseException) -> str:
+    if isinstance(exc, requests.exceptions.SSLError | ssl.SSLError):
+        return "tls"
+    if isinstance(exc, requests.exceptions.Timeout | socket.timeout | TimeoutError):
+        return "timeout"
+    # requests wraps urllib3 wraps the socket error: walk the chain of causes and reasons.
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ConnectionRefusedError):
+            return "refused"
+        if isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError":
+            return "dns"
+        if isinstance(item, ssl.SSLError):
+            return "tls"
+        if isinstance(item, BaseException):
+            stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
+            stack.extend(a for a in item.args if isinstance(a, BaseException))
+    text = str(exc)
+    if "Connection refused" in text:
+        return "refused"
+    if "Name or service not known" in text or "Failed to resolve" in text:
+        return "dns"
+    return "connection"
+
+
+def send(
+    *,
+    method: str,
+    url: str,
+    timeout: float,
+    verify: bool,
+    headers: dict[str, str] | None = None,
+) -> Probe:
+    """Send one bounded request and return what came back; never raises for network failures."""
+    probe = Probe(method=method, url=url)
+    started = time.monotonic()
+    deadline = started + timeout * 2
+    with requests.Session() as session:
+        # Verification talks to the deployment itself: no proxies or .netrc from the environment.
+        session.trust_env = False
+        try:
+            response = session.request(
+                method,
+                url,
+                headers={"User-Agent": USER_AGENT, **(headers or {})},
+                timeout=(min(timeout, 10.0), timeout),
+                allow_redirects=False,
+                stream=True,
+                verify=verify,
+            )
+        except requests.exceptions.RequestException as exc:
+            probe.error = _classify(exc)
+            probe.error_detail = str(exc)
+            probe.latency_ms = int((time.monotonic() - started) * 1000)
+            return probe
+        try:
+            probe.status_code = response.status_code
+            probe.headers = {k.lower(): v for k, v in response.headers.items()}
+            chunks, size = [], 0
+            if method != "HEAD":
+                for chunk in response.iter_content(8192):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    # Bounded: a huge or endless body is cut, never read whole.
+                    if size >= MAX_BODY or time.monotonic() > deadline:
+                        break
+            probe.body = b"".join(chunks)[:MAX_BODY]
+        except requests.exceptions.RequestException as exc:
+            probe.error_detail = str(exc)
+        finally:
+            response.close()
+    probe.latency_ms = int((time.monotonic() - started) * 1000)
+    return probe
+
+
+def who_answered(probe: Probe) -> str:
+    """Return cpa, cpamp or unknown: the trace header first, then the reference's fingerprints."""
+    header = probe.headers.get("x-console-upstream", "").strip().lower()
+    if header in (CPA, CPAMP):
+        return header
+    data = probe.json()
+    if isinstance(data, dict):
+        if isinstance(data.get("error"), str) and isinstance(data.get("code"), str):
+            return CPAMP  # reference 2.2: every CPAMP error is {"error","code"}
+        if data.get("service") == "cpa-manager-plus":
+            return CPAMP  # /health and /usage-service/info
+    if "x-cpa-version" in probe.headers:
+        return CPA  # reference 1.4: on every management answer
+    return UNKNOWN
+
+
+# --- running checks -------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """Everything a check needs: where to send, how, with which keys, and the redactor."""
+
+    deployment: Any
+    base_url: str
+    verify_tls: bool
+    timeout: float
+    keys: dict[str, str]
+    redact: Redactor
+    host_header: str = ""
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.deployment.route_tracing)
+
+    @property
+    def panel_url(self) -> str:
+        return f"{self.base_url}/management.html"
+
+
+@dataclass
+class CheckOutcome:
+    """The result of one check, already redacted; the JSON form is a contract."""
+
+    check_id: str
+    method: str
+    url: str
+    expected: str
+    expected_upstream: str
+    passed: bool
+    status_code: int | None = None
+    latency_ms: int | None = None
+    observed_upstream: str = ""
+    diagnosis: str = ""
+    excerpt: str = ""
+    details: dict = field(default_factory=dict)
+    position: int = 0
+    # Whether CPA's management auth refused a key here (counts toward its IP ban).
+    cpa_refused: bool = False
+    timed_out: bool = False
+
+    def as_json(self) -> dict:
+        """Return the check object of `manage.py verify --json` (a contract)."""
+        return {
+            "id": self.check_id,
+            "method": self.method,
+            "url": self.url,
+            "status_code": self.status_code,
+            "expected_upstream": self.expected_upstream,
+            "observed_upstream": self.observed_upstream,
+            "latency_ms": self.latency_ms,
+            "passed": self.passed,
+            "diagnosis": self.diagnosis,
+        }
+
+
+def excerpt(probe: Probe, redact: Redactor) -> str:
+    """Return a short, redacted excerpt of the body (JSON with secret-looking fields masked)."""
+    if not probe.body:
+        return ""
+    data = probe.json()
+    if data is not None:
+        text = json.dumps(mask_json(data), separators=(",", ":"), ensure_ascii=False)
+    else:
+        # One line: nginx error pages and panels are HTML over many lines.
+        text = " ".join(probe.body.decode("utf-8", errors="replace").split())
+    # Redact before cutting, so a secret is never left half-visible at the cut.
+    text = redact(text)
+    return text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
+
+
+def _url_host(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+def _host_header(base_url: str, server_name: str) -> str:
+    # Checking through an IP address (before DNS, or nginx on a loopback port): send the
+    # deployment's server name, as curl --resolve would, so nginx picks the right server block.
+    parts = urlsplit(base_url)
+    if not server_name or server_name.startswith("*") or not parts.hostname:
+        return ""
+    if not v.is_ip_literal(parts.hostname):
+        return ""
+    return f"{server_name}:{parts.port}" if parts.port else server_name
+
+
+def _transport_outcome(check: Check, probe: Probe, ctx: Context, url: str) -> CheckOutcome:
+    detail = ctx.redact(probe.error_detail)[:300]
+    return CheckOutcome(
+        check_id=check.id,
+        method=check.method,
+        url=ctx.redact(url),
+        expected=check.expected_text(),
+        expected_upstream=check.expected_upstream,
+        passed=False,
+        latency_ms=probe.latency_ms,
+        diagnosis=ctx.redact(
+            dx.transport(probe.error, host=_url_host(url), timeout=ctx.timeout, detail=detail)
+        ),
+        details={"error": probe.error},
+        timed_out=probe.error == "timeout",
+    )
+
+
+def _cpa_refused(probe: Probe) -> bool:
+    if probe.status_code not in (401, 403):
+        return False
+    data = probe.json()
+    message = data.get("error") if isinstance(data, dict) else None
+    if isinstance(message, str) and any(m in message for m in CPA_MANAGEMENT_ERRORS):
+        return True
+    return "x-cpa-version" in probe.headers or probe.headers.get("x-console-upstream") == CPA
+
+
+def _request_url(check: Check, ctx: Context) -> str:
+    if check.kind == "direct":
+        return ctx.deployment.cpamp_cpa_url.rstrip("/") + check.path
+    if check.kind == "redirect":
+        parts = urlsplit(ctx.base_url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = ctx.deployment.http_port
+        return f"http://{host}{'' if port == 80 else f':{port}'}{check.path}"
+    return ctx.base_url + check.path
+
+
+def _evaluate(check: Check, probe: Probe, ctx: Context, url: str) -> CheckOutcome:
+    """Turn one answer into a redacted outcome with a diagnosis when it failed."""
+    if probe.error and probe.status_code is None:
+        outcome = _transport_outcome(check, probe, ctx, url)
+        if check.kind == "direct" and probe.error in ("refused", "dns", "timeout", "connection"):
+            # "When the console can reach CPA directly": an unreachable CPA is not a failure.
+            outcome.passed = True
+            outcome.diagnosis = dx.skipped_unreachable(ctx.redact(url), probe.error)
+            outcome.details = {"skipped": True, "error": probe.error}
+        return outcome
+    status = probe.status_code or 0
+    observed = who_answered(probe)
+    details: dict[str, Any] = {}
+    for name in ("x-console-upstream", "x-cpa-version", "location", "content-type"):
+        if name in probe.headers:
+            details[name] = ctx.redact(probe.headers[name])[:200]
+    if check.statuses:
+        status_ok = status in check.statuses
+    elif check.id == "models_compat":
+        status_ok = status < 500 and status not in (412, 428)
+    else:
+        status_ok = status < 500
+    extra_ok = True
+    if check.id == "management_config" and observed != CPAMP and status == 200:
+        if "x-console-upstream" not in probe.headers:
+            # Only CPAMP turns the Admin Key into the CPA Management Key; CPA alone refuses it.
+            observed = CPAMP
+            details["inferred"] = "CPA answered 200 to the Admin Key, so CPAMP proxied it"
+    if check.kind == "direct" and observed == UNKNOWN and status == 200:
+        extra_ok = False  # something answered 200 without being CPA's management API
+    if check.id == "cpamp_health":
+        extra_ok = probe.json() == {"ok": True, "service": "cpa-manager-plus"}
+    if check.id == "usage_service_info":
+        data = probe.json()
+        if isinstance(data, dict):
+            details["setupRequired"] = data.get("setupRequired")
+            details["configured"] = data.get("configured")
+    if check.kind == "redirect":
+        extra_ok = probe.location.lower().startswith("https://")
+        observed = ""
+    if not check.expected_upstream or check.kind == "redirect":
+        upstream_ok = True
+    elif observed == check.expected_upstream:
+        upstream_ok = True
+    else:
+        # Without route tracing an answer may be unattributable; that alone is no failure.
+        upstream_ok = observed == UNKNOWN and not ctx.tracing
+        if upstream_ok:
+            details["upstream_note"] = "route tracing is off; who answered is not confirmed"
+    passed = status_ok and upstream_ok and extra_ok
+    outcome = CheckOutcome(
+        check_id=check.id,
+        method=check.method,
+        url=ctx.redact(url),
+        expected=check.expected_text(),
+        expected_upstream=check.expected_upstream,
+        passed=passed,
+        status_code=probe.status_code,
+        latency_ms=probe.latency_ms,
+        observed_upstream=observed,
+        excerpt=excerpt(probe, ctx.redact),
+        details=details,
+        cpa_refused=check.lane and _cpa_refused(probe),
+    )
+    if not passed:
+        outcome.diagnosis = ctx.redact(
+            dx.diagnose(
+                check,
+                probe,
+                observed,
+                ctx,
+                cpa_refused=_cpa_refused(probe),
+                excerpt=excerpt(probe, ctx.redact),
+            )
+        )
+    return outcome
+
+
+def _certificate(check: Check, ctx: Context) -> CheckOutcome:
+    """Fetch the served certificate; check its names against server_name and its expiry."""
+    from cryptography import x509
+
+    parts = urlsplit(ctx.base_url)
+    host = parts.hostname or ctx.deployment.server_name
+    # An http:// base URL (say, a job that checks port 80) still has its TLS on https_port.
+    port = (parts.port or 443) if parts.scheme == "https" else ctx.deployment.https_port
+    server_name = ctx.deployment.server_name
+    sni = host if server_name.startswith("*") else server_name
+    shown = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    url = f"https://{shown}"
+    base = CheckOutcome(
+        check_id=check.id,
+        method=check.method,
+        url=url,
+        expected=check.expected_text(),
+        expected_upstream="",
+        passed=False,
+    )
+    started = time.monotonic()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=ctx.timeout) as sock:
+            with context.wrap_socket(sock, server_hostname=sni) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        kind = _classify(exc)
+        base.latency_ms = int((time.monotonic() - started) * 1000)
+        base.diagnosis = ctx.redact(
+            dx.transport(kind, host=shown, timeout=ctx.timeout, detail=str(exc)[:200])
+        )
+        base.details = {"error": kind}
+        return base
+    base.latency_ms = int((time.monotonic() - started) * 1000)
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = [a.value for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    not_after = cert.not_valid_after_utc
+    days_left = (not_after - dt.datetime.now(dt.UTC)).days
+    trusted_error = ""
+    if ctx.verify_tls:
+        try:
+            strict = ssl.create_default_context()
+            with socket.create_connection((host, port), timeout=ctx.timeout) as sock:
+                with strict.wrap_socket(sock, server_hostname=sni):
+                    pass
+        except ssl.SSLCertVerificationError as exc:
+            trusted_error = exc.verify_message or str(exc)
+        except (OSError, ssl.SSLError) as exc:
+            trusted_error = str(exc)[:200]
+    matches = any(dx.name_matches(n, server_name) for n in names)
+    base.passed = matches and days_left >= 0 and not trusted_error
+    base.details = {
+        "names": list(names),
+        "days_left": days_left,
+        "not_after": not_after.isoformat(),
+        "issuer": cert.issuer.rfc4514_string()[:200],
+        "trusted": None if not ctx.verify_tls else not trusted_error,
+    }
+    base.excerpt = _("names: %(names)s; expires %(date)s (in %(days)d days)") % {
+        "names": ", ".join(names) or "-",
+        "date": not_after.date().isoformat(),
+        "days": days_left,
+    }
+    if not base.passed:
+        base.diagnosis = dx.certificate_problem(
+            server_name=server_name,
+            names=list(names),
+            days_left=days_left,
+            trusted_error=trusted_error,
+        )
+    return base
+
+
+def run_check(check: Check, ctx: Context) -> CheckOutcome:
+    """Run one check; any unexpected error becomes a failed outcome, never an exception."""
+    try:
+        if check.kind == "certificate":
+            return _certificate(check, ctx)
+        url = _request_url(check, ctx)
+        headers = {}
+        if check.key_role and check.key_role in ctx.keys:
+            headers["Authorization"] = f"Bearer {ctx.keys[check.key_role]}"
+        if ctx.host_header and check.kind != "direct":
+            headers["Host"] = ctx.host_header
+        probe = send(
+            method=check.method,
+            url=url,
+            timeout=ctx.timeout,
+            verify=ctx.verify_tls,
+            headers=headers,
+        )
+        return _evaluate(check, probe, ctx, url)
+    except Exception as exc:  # a bug in one check must not lose the others
+        return CheckOutcome(
+            check_id=check.id,
+            method=check.method,
+            url=ctx.redact(ctx.base_url + check.path),
+            expected=check.expected_text(),
+            expected_upstream=check.expected_upstream,
+            passed=False,
+            diagnosis=_("Internal error while checking: %(error)s")
+            % {"error": ctx.redact(f"{type(exc).__name__}: {exc}")[:300]},
+        )
+
+
+def skipped_outcome(check: Check, ctx: Context) -> CheckOutcome:
+    """Return the outcome of a lane probe held back so CPA does not ban the console."""
+    return CheckOutcome(
+        check_id=check.id,
+        method=check.method,
+        url=ctx.redact(_request_url(check, ctx)),
+        expected=check.expected_text(),
+        expected_upstream=check.expected_upstream,
+        passed=False,
+        diagnosis=dx.skipped_for_ban(),
+        details={"skipped": True},
+    )
+
+
+class _ManagementLane:
+    """Schedules the probes CPA's management auth may refuse: at most one refusal per run.
+
+    CPA bans an IP after 5 refused management keys (reference 1.4). A risky probe starts only
+    when no other risky probe is in flight and none was refused. The API-key negative probe is
+    safe once /v0/management/ is seen answered by CPAMP: CPAMP refuses the "config" head itself
+    and never forwards it without the Admin Key (reference 2.5).
+    """
+
+    def __init__(self, checks: list[Check]) -> None:
+        self.pending = list(checks)
+        self.route = ""
+        self.refused = False
+        self.risky_in_flight = False
+
+    def _risky(self, check: Check) -> bool:
+        if check.id == "management_refuses_api_key":
+            return self.route != CPAMP
+        return True
+
+    def ready(self) -> tuple[list[tuple[Check, bool]], list[Check]]:
+        """Return (checks to start now with their riskiness, checks to skip)."""
+        start: list[tuple[Check, bool]] = []
+        skip: list[Check] = []
+        for check in list(self.pending):
+            risky = self._risky(check)
+            if risky and self.refused:
+                skip.append(check)
+            elif risky and self.risky_in_flight:
+                continue
+            else:
+                start.append((check, risky))
+                self.risky_in_flight = self.risky_in_flight or risky
+            self.pending.remove(check)
+        return start, skip
+
+    def done(self, check: Check, outcome: CheckOutcome, risky: bool) -> None:
+        if check.kind != "direct" and outcome.observed_upstream in (CPA, CPAMP):
+            self.route = outcome.observed_upstream
+        # A timeout may hide a refusal: count it, to stay on the safe side of the ban.
+        if outcome.cpa_refused or (risky and outcome.timed_out):
+            self.refused = True
+        if risky:
+            self.risky_in_flight = False
+
+
+def build_context(
+    deployment,
+    *,
+    base_url: str,
+    verify_tls: bool,
+    timeout: float,
+    keys: dict[str, str],
+    secrets: Iterable[str] = (),
+) -> Context:
+    """Return the context of one run: keys by role and a redactor for every secret."""
+    base_url = base_url.rstrip("/")
+    return Context(
+        deployment=deployment,
+        base_url=base_url,
+        verify_tls=verify_tls,
+        timeout=timeout,
+        keys=keys,
+        redact=Redactor([*keys.values(), *secrets]),
+        host_header=_host_header(base_url, deployment.server_name),
+    )
+
+
+def run_checks(
+    ctx: Context,
+    plan: list[Check],
+    *,
+    on_results: Callable[[list[CheckOutcome]], None] | None = None,
+) -> list[CheckOutcome]:
+    """Run the planned checks in parallel on a bounded pool; return outcomes in plan order.
+
+    on_results is called in the calling thread with the outcomes that arrived together (runs
+    store them at once, so the admin shows progress, in few transactions).
+    """
+    positions = {c.id: i for i, c in enumerate(plan)}
+    lane = _ManagementLane([c for c in plan if c.lane])
+    outcomes: list[CheckOutcome] = []
+    batch: list[CheckOutcome] = []
+
+    def finish(outcome: CheckOutcome) -> None:
+        outcome.position = positions[outcome.check_id]
+        outcomes.append(outcome)
+        batch.append(outcome)
+
+    def flush() -> None:
+        if batch and on_results is not None:
+            on_results(list(batch))
+        batch.clear()
+
+    # Diagnoses are written in the caller's language; the language is per thread.
+    language = translation.get_language()
+
+    def work(check: Check) -> CheckOutcome:
+        with translation.override(language):
+            return run_check(check, ctx)
+
+    pool = max(1, min(int(settings.CONSOLE_VERIFY_POOL), len(plan) or 1))
+    with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="verify") as executor:
+        running: dict = {}
+
+        def start_lane() -> None:
+            start, skip = lane.ready()
+            for check, risky in start:
+                running[executor.submit(work, check)] = (check, risky)
+            for check in skip:
+                finish(skipped_outcome(check, ctx))
+
+        # The lane's first probe is submitted first so it gets a worker in the first batch:
+        # its answer gates the others, and waiting for a free worker would add a round trip.
+        start_lane()
+        for check in plan:
+            if not check.lane:
+                running[executor.submit(work, check)] = (check, False)
+        while running:
+            done, _pending = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                check, risky = running.pop(future)
+                outcome = future.result()
+                finish(outcome)
+                if check.lane:
+                    lane.done(check, outcome, risky)
+                    start_lane()
+            flush()
+    flush()
+    return sorted(outcomes, key=lambda o: o.position)
