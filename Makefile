@@ -47,7 +47,8 @@ system-deps:
 ## make test: install what tests need and run them.
 test: $(VENV)/.dev-installed system-deps
 	$(PY) manage.py compilemessages -v0 >/dev/null 2>&1 || true
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m "not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m browser $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -x -m "not browser and not slow" $(PYTEST_ARGS)

@@ -47,3 +47,10 @@ def deployment(team):
     return Deployment.objects.create(
         slug="prod", name="Production", team=team, server_name="api.example.com"
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    # Playwright's sync API leaves an event loop running in the session's thread, after which
+    # Django refuses ORM calls ("async context"). Browser tests therefore run last; `make test`
+    # also runs them in a pytest process of their own.
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -114,7 +114,9 @@ def test_cpa_version_warnings(deployment, version, warning):
         ("regex_i", "^/logs/.{1,8}$", True),
         ("regex", "^/v1/(", False),
         ("regex", "^/a b", False),
-        ("regex", "(?P<x>a)", False),
+        ("regex", "(?P<x>a)", True),
+        ("regex", "^/(?<id>[0-9]+)$", True),
+        ("regex", "(?<x>a", False),
     ],
 )
 def test_override_paths_are_validated_by_match(deployment, match, path, ok):

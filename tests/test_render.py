@@ -371,7 +371,7 @@ INVALID_OVERRIDES = [
     ("regex", '^/a"'),
     ("regex", "^/(unclosed"),
     ("regex_i", "^/a;"),
-    ("regex", "(?P<name>x)"),
+    ("regex", "(?<name>x"),
 ]
 
 
