@@ -192,9 +192,7 @@ LOGIN_URL = "admin:login"
 
 TASKS = {
     "default": {
-        "BACKEND": env(
-            "CONSOLE_TASK_BACKEND", default="django_tasks_db.DatabaseBackend"
-        ),
+        "BACKEND": env("CONSOLE_TASK_BACKEND", default="django_tasks_db.DatabaseBackend"),
     }
 }
 

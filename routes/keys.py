@@ -58,7 +58,9 @@ def decrypt(token: str) -> str:
     try:
         return _fernet().decrypt(token.encode()).decode()
     except (InvalidToken, ValueError):
-        raise DecryptionError("the stored key cannot be decrypted with the configured keys") from None
+        raise DecryptionError(
+            "the stored key cannot be decrypted with the configured keys"
+        ) from None
 
 
 def reencrypt(token: str) -> str:
@@ -66,7 +68,9 @@ def reencrypt(token: str) -> str:
     try:
         return _fernet().rotate(token.encode()).decode()
     except (InvalidToken, ValueError):
-        raise DecryptionError("the stored key cannot be decrypted with the configured keys") from None
+        raise DecryptionError(
+            "the stored key cannot be decrypted with the configured keys"
+        ) from None
 
 
 def is_current(token: str) -> bool:
@@ -126,17 +130,15 @@ def check_shape(role: str, secret: str, *, custom_format: bool = False) -> list[
             )
         )
     if role == CPAMP_ADMIN:
-        if not (
-            CPAMP_ADMIN_NEW.match(secret) or CPAMP_ADMIN_OLD.match(secret) or custom_format
-        ):
+        if not (CPAMP_ADMIN_NEW.match(secret) or CPAMP_ADMIN_OLD.match(secret) or custom_format):
             problems.append(
                 Refusal(
                     "admin_format",
                     _(
-                        "%(role)s: expected cpamp_ followed by 32 letters and digits (CPAMP v1.10+) "
-                        "or cmp_admin_ followed by 43 base64url characters (older CPAMP). If your "
-                        "CPAMP takes its key from CPA_MANAGER_ADMIN_KEY in any format, mark the key "
-                        "as a custom key."
+                        "%(role)s: expected cpamp_ followed by 32 letters and digits "
+                        "(CPAMP v1.10+) or cmp_admin_ followed by 43 base64url characters "
+                        "(older CPAMP). If your CPAMP takes its key from CPA_MANAGER_ADMIN_KEY in "
+                        "any format, mark the key as a custom key."
                     )
                     % {"role": label},
                 )
@@ -171,6 +173,4 @@ def validate_secret(role: str, secret: str, *, custom_format: bool = False) -> N
     """Raise ValidationError naming every rule of role that secret breaks."""
     problems = check_shape(role, secret, custom_format=custom_format)
     if problems:
-        raise ValidationError(
-            [ValidationError(p.message, code=p.code) for p in problems]
-        )
+        raise ValidationError([ValidationError(p.message, code=p.code) for p in problems])

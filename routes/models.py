@@ -285,6 +285,11 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
 
+    def save(self, *args, **kwargs) -> None:
+        if self.server_name:
+            self.server_name = v.normalize_server_name(self.server_name)
+        super().save(*args, **kwargs)
+
     def get_absolute_url(self) -> str:
         return reverse("admin:routes_deployment_change", args=[self.pk])
 
@@ -328,11 +333,6 @@ class Deployment(models.Model):
                 )
         if errors:
             raise ValidationError(errors)
-
-    def save(self, *args, **kwargs) -> None:
-        if self.server_name:
-            self.server_name = v.normalize_server_name(self.server_name)
-        super().save(*args, **kwargs)
 
     @property
     def base_url(self) -> str:

@@ -7,14 +7,14 @@ with ``Deployment.objects.visible_to(user)``; nothing decides roles with its own
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from django.core.exceptions import PermissionDenied
 
 from routes.models import ROLE_RANK, Deployment, Membership, Role, Team
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What a user wants to do, with the lowest role that may."""
 
     VIEW = "view"  # read deployments, overrides, configs, runs (never secrets)

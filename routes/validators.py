@@ -132,7 +132,9 @@ def validate_url(value: str) -> None:
     if "@" in authority:
         raise ValidationError(_("The URL may not contain credentials."), code="invalid")
     if re.search(r"[\"'<>\\\x00-\x1f\x7f]", value):
-        raise ValidationError(_("The URL contains characters that are not allowed."), code="invalid")
+        raise ValidationError(
+            _("The URL contains characters that are not allowed."), code="invalid"
+        )
     if re.match(r"^\[.*\](:\d+)?$", authority) or ":" in authority:
         validate_upstream(authority)
     else:

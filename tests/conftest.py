@@ -8,7 +8,7 @@ from routes.models import Deployment, Membership, Team
 
 @pytest.fixture(autouse=True)
 def _plain_static_storage(settings):
-    """Use unhashed static URLs in tests: the whitenoise manifest exists only after collectstatic."""
+    """Use unhashed static URLs: the whitenoise manifest exists only after collectstatic."""
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -137,9 +137,7 @@ def payloads(draw):
         if name == "route_overrides":
             entry[name] = draw(st.lists(override_entries(), max_size=4))
         elif name == "verification":
-            entry[name] = draw(
-                st.one_of(any_value, st.fixed_dictionaries({"base_url": any_value}))
-            )
+            entry[name] = draw(st.one_of(any_value, st.fixed_dictionaries({"base_url": any_value})))
         else:
             entry[name] = draw(any_value)
     if draw(st.integers(0, 9)) == 0:

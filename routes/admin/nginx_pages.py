@@ -310,6 +310,9 @@ def nginx_links(request, deployment):
 def download_archive(modeladmin, request, queryset):
     """Answer a tar.gz of the selected deployments' configs (with the shared file)."""
     deployments = prepared(queryset.order_by("slug"))
+    if not deployments:
+        modeladmin.message_user(request, gettext("No deployment selected."), messages.WARNING)
+        return None
     refused = [d.slug for d in deployments if not can(request.user, Action.EXPORT, d.team_id)]
     if refused:
         modeladmin.message_user(
