@@ -17,9 +17,10 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from routes import actions, portable
+from routes import actions, portable, verify
 from routes import keys as keyring
 from routes.admin import registry
+from routes.admin.verification import last_run
 from routes.audit import client_ip
 from routes.forms import (
     DeploymentForm,
@@ -195,6 +196,7 @@ class DeploymentAdmin(ScopedAdmin):
         "mode",
         "tls",
         "key_roles",
+        last_run,
         "updated_at",
     )
     list_filter = (("team", VisibleTeamFilter), "mode", "tls")
@@ -264,7 +266,7 @@ class DeploymentAdmin(ScopedAdmin):
             .annotate(n=Count("pk"))
             .values("n")
         )
-        return (
+        return verify.annotate_last_run(
             Deployment.objects.visible_to(request.user)
             .select_related("team")
             .annotate(
@@ -344,6 +346,7 @@ class DeploymentAdmin(ScopedAdmin):
             {
                 "console_links": links,
                 "version_warnings": obj.version_warnings() if obj is not None else [],
+                "recent_runs_html": verify.recent_runs_html(obj) if obj is not None else "",
                 "conflict": getattr(context.get("adminform").form, "conflict", None)
                 if context.get("adminform")
                 else None,
