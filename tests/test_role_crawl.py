@@ -149,7 +149,9 @@ def world(db, make_user):
         verification_base_url="http://127.0.0.1:9",
         cpamp_cpa_url="http://127.0.0.1:9",
     )
-    RouteOverride.objects.create(deployment=deployment, match="prefix", path="/config", target="cpamp")
+    RouteOverride.objects.create(
+        deployment=deployment, match="prefix", path="/config", target="cpamp"
+    )
     for role, secret in SECRETS.items():
         actions.set_key(deployment=deployment, role=role, secret=secret)
     job = VerificationJob.objects.create(deployment=deployment)
@@ -196,9 +198,7 @@ def body(response) -> bytes:
 
 
 def allowed(response) -> bool:
-    return response.status_code == 200 or (
-        response.status_code == 302 and not refused(response)
-    )
+    return response.status_code == 200 or (response.status_code == 302 and not refused(response))
 
 
 def test_every_admin_url_is_in_the_crawl_table():
@@ -245,8 +245,13 @@ def test_get_pages_are_allowed_or_refused_by_role(client, world, who):
 def test_superuser_only_pages_are_refused_to_every_team_role(client, world, who):
     users, objects = world
     client.force_login(users[who])
-    kinds = {"team": "team", "auditevent": None, "configexport": "export", "verificationrun": "run",
-             "verificationjob": "job"}
+    kinds = {
+        "team": "team",
+        "auditevent": None,
+        "configexport": "export",
+        "verificationrun": "run",
+        "verificationjob": "job",
+    }
     problems = []
     for name in sorted(SUPERUSER_ONLY - {"routes_team_add"}):
         model = name.split("_")[1]

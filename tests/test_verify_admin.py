@@ -325,3 +325,15 @@ def test_the_job_changelist_is_scoped(client, users, deployment, other_team):
         == 404
     )
     assert VerificationJob.objects.count() == 2
+
+
+def test_the_deployment_list_and_page_show_the_last_run(client, users, finished_run, deployment):
+    client.force_login(users["viewer"])
+    listing = client.get(reverse("admin:routes_deployment_changelist"))
+    assert listing.status_code == 200
+    assert b"console-badge failed" in listing.content
+    page = client.get(reverse("admin:routes_deployment_change", args=[deployment.pk]))
+    assert page.status_code == 200
+    assert reverse("admin:routes_verificationrun_change", args=[finished_run.pk]).encode() in (
+        page.content
+    )

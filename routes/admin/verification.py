@@ -16,7 +16,9 @@ from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
 from routes import audit, verify
@@ -40,7 +42,9 @@ def last_run(obj):
     when = getattr(obj, "last_run_at", None)
     if when is None:
         return status_badge(status, label)
-    return format_html("{} <small>{:%Y-%m-%d %H:%M}</small>", status_badge(status, label), when)
+    # format_html escapes its arguments first, so the date is formatted before it goes in.
+    when_text = date_format(localtime(when), "Y-m-d H:i")
+    return format_html("{} <small>{}</small>", status_badge(status, label), when_text)
 
 
 def _visible_deployment(request, object_id) -> Deployment:

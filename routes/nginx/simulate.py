@@ -166,12 +166,12 @@ def normalise(target: bytes) -> tuple[bytes, bytes]:
                 out.append(ch)
         elif state == quoted:
             if ch not in _HEX:
-                raise BadRequest(_("A % is not followed by two hexadecimal digits."))
+                raise BadRequest(_("A percent sign is not followed by two hexadecimal digits."))
             decoded = int(chr(ch), 16)
             state = quoted_second
         elif state == quoted_second:
             if ch not in _HEX:
-                raise BadRequest(_("A % is not followed by two hexadecimal digits."))
+                raise BadRequest(_("A percent sign is not followed by two hexadecimal digits."))
             ch = (decoded << 4) + int(chr(ch), 16)
             if ch == 0:
                 raise BadRequest(_("The path contains %00."))
@@ -189,7 +189,7 @@ def normalise(target: bytes) -> tuple[bytes, bytes]:
         i += 1
 
     if state in (quoted, quoted_second):
-        raise BadRequest(_("A % is not followed by two hexadecimal digits."))
+        raise BadRequest(_("A percent sign is not followed by two hexadecimal digits."))
     if state == dot:
         out.pop()
     elif state == dot_dot:
