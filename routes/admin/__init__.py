@@ -1,5 +1,7 @@
 """The console's admin: each feature registers its own ModelAdmins and pages."""
 
+from django.contrib import admin
+
 from routes.admin import (
     audit_admin,  # noqa: F401  (audit trail: read-only, scoped, exports)
     base,  # noqa: F401  (deployments, teams, keys: registers the core admins)
@@ -9,3 +11,6 @@ from routes.admin import (
     verification,  # noqa: F401  (runs, jobs, verify page, key tests)
     wizard,  # noqa: F401  (guided "New deployment" flow)
 )
+
+# The admin is the whole console: "/" only redirects here, so "View site" would lead nowhere new.
+admin.site.site_url = None
