@@ -26,7 +26,7 @@ migrate: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py collectstatic --no-input -v0
-	$(PY) manage.py compilemessages -v0 2>/dev/null || true
+	$(PY) manage.py compilemessages -v0 --ignore=.venv 2>/dev/null || true
 	$(PY) manage.py ensure_superuser
 	@echo "Console: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the console and the worker)"
 	@trap 'kill 0' INT TERM EXIT; \
@@ -46,7 +46,7 @@ system-deps:
 
 ## make test: install what tests need and run them.
 test: $(VENV)/.dev-installed system-deps
-	$(PY) manage.py compilemessages -v0 >/dev/null 2>&1 || true
+	$(PY) manage.py compilemessages -v0 --ignore=.venv >/dev/null 2>&1 || true
 	$(PY) -m pytest -q -n 2 -m "not browser" $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m browser $(PYTEST_ARGS)
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 from pathlib import Path
 
 import crossplane
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routes.models import HOST_PRESET, Deployment, RouteOverride, Team
 from routes.nginx import sandbox
-from routes.nginx.export import check_files
+from routes.nginx.export import check_files, self_signed_certificate
 from routes.nginx.render import (
     COMMON_FILENAME,
     InvalidDeployment,
@@ -77,29 +72,7 @@ def override(match: str, path: str, target: str = "cpa", position: int = 0, **fi
 
 def make_certificate(directory: Path, name: str = "your-domain.com") -> tuple[str, str]:
     """Write a self-signed certificate and key into directory; return their paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path, key_path = self_signed_certificate(directory, name, days=30)
     return str(cert_path), str(key_path)
 
 

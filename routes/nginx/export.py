@@ -211,26 +211,33 @@ def render_compose(deployment) -> str:
 # --- nginx -t -------------------------------------------------------------------------------
 
 
-def _stand_in_certificate(directory: Path) -> tuple[Path, Path]:
+def self_signed_certificate(
+    directory: Path, common_name: str, *, days: int = 1
+) -> tuple[Path, Path]:
+    """Write a self-signed certificate and key for common_name into directory; return paths."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "console nginx -t stand-in")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+        .not_valid_after(now + datetime.timedelta(days=days))
     )
-    directory.mkdir()
+    if "." in common_name and " " not in common_name:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False
+        )
+    cert = builder.sign(key, hashes.SHA256())
+    directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -241,6 +248,10 @@ def _stand_in_certificate(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def _stand_in_certificate(directory: Path) -> tuple[Path, Path]:
+    return self_signed_certificate(directory, "console nginx -t stand-in")
 
 
 class _ListenMap:

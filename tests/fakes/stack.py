@@ -9,7 +9,6 @@ rule), a stopped emulator (a service down), CPAMP before setup, wrong keys.
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from routes import keys as keyring
 from routes.models import Deployment, Key, RouteOverride
-from routes.nginx.export import render_files
+from routes.nginx.export import render_files, self_signed_certificate
 from routes.nginx.sandbox import running_nginx
 from tests.fakes.cpa import FakeCPA
 from tests.fakes.cpamp import FakeCPAMP
@@ -43,35 +42,7 @@ def render_export(deployments: list[Deployment]) -> dict[str, str]:
 
 def self_signed(directory: Path, server_name: str, *, days: int = 30) -> tuple[Path, Path]:
     """Write a self-signed certificate for server_name; return (cert path, key path)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(server_name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    return self_signed_certificate(directory, server_name, days=days)
 
 
 def store_key(deployment: Deployment, role: str, secret: str, **extra) -> Key:
