@@ -107,6 +107,31 @@ def _version_note(deployment: Deployment) -> list[int]:
     return [deployment.version - 1, deployment.version]
 
 
+def _record_part_edit(
+    *,
+    deployment: Deployment,
+    action: str,
+    object_repr: str,
+    changes: dict[str, Any],
+    actor,
+    ip: str | None,
+    bump_version: bool,
+) -> None:
+    """Count a change to an override or key as an edit of its deployment, and audit it."""
+    if bump_version:
+        claim_version(deployment=deployment, actor=actor)
+    changes["version"] = _version_note(deployment)
+    audit.record(
+        action=action,
+        actor=actor,
+        team=deployment.team_id,
+        obj=deployment,
+        object_repr=object_repr,
+        changes=changes,
+        ip=ip,
+    )
+
+
 # --- Teams and memberships ----------------------------------------------------------------------
 
 
@@ -372,17 +397,14 @@ def save_override(
         if not diff:
             return override
         deployment = override.deployment
-        if bump_version:
-            claim_version(deployment=deployment, actor=actor)
-        diff["version"] = _version_note(deployment)
-        audit.record(
+        _record_part_edit(
+            deployment=deployment,
             action="override.change" if stored else "override.create",
-            actor=actor,
-            team=deployment.team_id,
-            obj=deployment,
             object_repr=_override_label(override),
             changes=diff,
+            actor=actor,
             ip=ip,
+            bump_version=bump_version,
         )
     return override
 
@@ -396,18 +418,14 @@ def delete_override(
         label = _override_label(override)
         before = audit.snapshot(override, exclude=("deployment", "id"))
         override.delete()
-        if bump_version:
-            claim_version(deployment=deployment, actor=actor)
-        changes: dict[str, Any] = {name: [value, None] for name, value in before.items()}
-        changes["version"] = _version_note(deployment)
-        audit.record(
+        _record_part_edit(
+            deployment=deployment,
             action="override.delete",
-            actor=actor,
-            team=deployment.team_id,
-            obj=deployment,
             object_repr=label,
-            changes=changes,
+            changes={name: [value, None] for name, value in before.items()},
+            actor=actor,
             ip=ip,
+            bump_version=bump_version,
         )
 
 
@@ -577,17 +595,14 @@ def save_key(
                 )
                 or [keyring.Refusal("conflict", gettext("The key changed meanwhile; try again."))]
             ) from None
-        if bump_version:
-            claim_version(deployment=deployment, actor=actor)
-        changes["version"] = _version_note(deployment)
-        audit.record(
+        _record_part_edit(
+            deployment=deployment,
             action=action,
-            actor=actor,
-            team=deployment.team_id,
-            obj=deployment,
             object_repr=_key_label(key),
             changes=changes,
+            actor=actor,
             ip=ip,
+            bump_version=bump_version,
         )
     return key
 
@@ -639,15 +654,12 @@ def delete_key(*, key: Key, actor=None, ip: str | None = None, bump_version: boo
         label = _key_label(key)
         changes: dict[str, Any] = {"role": key.role, "secret": audit.CHANGED}
         key.delete()
-        if bump_version:
-            claim_version(deployment=deployment, actor=actor)
-        changes["version"] = _version_note(deployment)
-        audit.record(
+        _record_part_edit(
+            deployment=deployment,
             action="key.delete",
-            actor=actor,
-            team=deployment.team_id,
-            obj=deployment,
             object_repr=label,
             changes=changes,
+            actor=actor,
             ip=ip,
+            bump_version=bump_version,
         )
