@@ -130,3 +130,8 @@ def clear_cache(user) -> None:
         del user._console_roles
     if hasattr(user, "_console_otp_teams"):
         del user._console_otp_teams
+
+
+def refused_slugs(user, action: Action, deployments) -> list[str]:
+    """Return the slugs of deployments on which user may not perform action (for bulk actions)."""
+    return [d.slug for d in deployments if not can(user, action, d.team_id)]

@@ -33,7 +33,7 @@ from routes.forms import (
     TeamForm,
 )
 from routes.models import Deployment, Key, KeyRotation, Membership, RouteOverride, Team
-from routes.permissions import Action, can, has_any_membership, teams_where
+from routes.permissions import Action, can, has_any_membership, refused_slugs, teams_where
 
 
 def _any_team(request, action: Action) -> bool:
@@ -438,7 +438,7 @@ def export_definitions(modeladmin, request, queryset):
     if not selected:
         modeladmin.message_user(request, _("No deployment selected."), messages.WARNING)
         return None
-    refused = [d.slug for d in selected if not can(request.user, Action.EXPORT, d.team_id)]
+    refused = refused_slugs(request.user, Action.EXPORT, selected)
     if refused:
         modeladmin.message_user(
             request,

@@ -44,7 +44,7 @@ from routes.nginx.render import (
 )
 from routes.nginx.sandbox import nginx_binary
 from routes.nginx.simulate import simulate_locations
-from routes.permissions import Action, can, has_any_membership, require
+from routes.permissions import Action, can, has_any_membership, refused_slugs, require
 
 RECENT_EXPORTS = 10
 TARGET_LABELS = {b.CPA: _("CPA :8317"), b.CPAMP: _("CPAMP :18317")}
@@ -313,7 +313,7 @@ def download_archive(modeladmin, request, queryset):
     if not deployments:
         modeladmin.message_user(request, gettext("No deployment selected."), messages.WARNING)
         return None
-    refused = [d.slug for d in deployments if not can(request.user, Action.EXPORT, d.team_id)]
+    refused = refused_slugs(request.user, Action.EXPORT, deployments)
     if refused:
         modeladmin.message_user(
             request,

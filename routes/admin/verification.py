@@ -24,7 +24,7 @@ from django.utils.translation import gettext_lazy as _
 from routes import audit, verify
 from routes.admin import registry
 from routes.models import Deployment, Key, VerificationJob, VerificationRun
-from routes.permissions import Action, can, has_any_membership, teams_where
+from routes.permissions import Action, can, has_any_membership, refused_slugs, teams_where
 
 
 def status_badge(status: str, label: str | None = None):
@@ -161,7 +161,7 @@ def deployment_links(request, deployment):
 @admin.action(description=_("Run verification"), permissions=["verify"])
 def run_verification(modeladmin, request, queryset):
     """Queue a verification run for each selected deployment the user may verify."""
-    refused = [d.slug for d in queryset if not can(request.user, Action.VERIFY, d.team_id)]
+    refused = refused_slugs(request.user, Action.VERIFY, queryset)
     if refused:
         modeladmin.message_user(
             request,
