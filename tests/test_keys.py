@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 from django.db import IntegrityError, connection, transaction
+from django.urls import resolve, reverse
+from django.views.debug import SafeExceptionReporterFilter
 
 from routes import actions
 from routes import keys as keyring
@@ -222,3 +224,28 @@ def test_the_raw_sqlite_file_never_holds_a_secret_in_clear(tmp_path: Path):
             assert secret.encode() not in raw
         for key in deployment.keys.all():
             assert key.ciphertext.encode() in raw or path != copy
+
+
+@pytest.mark.parametrize(
+    ("url_name", "takes_pk"),
+    [
+        ("admin:routes_deployment_change", True),
+        ("admin:routes_deployment_wizard_keys", True),
+        ("admin:routes_key_add", False),
+    ],
+)
+def test_forms_that_take_keys_hide_their_post_data_from_error_reports(
+    rf, make_user, deployment, url_name, takes_pk
+):
+    match = resolve(reverse(url_name, args=[deployment.pk] if takes_pk else []))
+    request = rf.post("/", {"secret": "cpamp_" + "Z" * 32})
+    request._dont_enforce_csrf_checks = True
+    request.user = make_user("root", superuser=True)
+    request.session = {}
+    try:
+        match.func(request, *match.args, **match.kwargs)
+    except Exception:  # noqa: BLE001 - only how the request was marked matters here
+        pass
+    assert request.sensitive_post_parameters == "__ALL__"
+    cleansed = SafeExceptionReporterFilter().get_post_parameters(request)
+    assert "cpamp_" not in str(cleansed.get("secret"))

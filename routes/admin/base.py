@@ -14,8 +14,10 @@ from django.db.models import Count, Exists, IntegerField, OuterRef, Subquery, Va
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 
 from routes import actions, portable, verify
 from routes import keys as keyring
@@ -245,6 +247,11 @@ class DeploymentAdmin(ScopedAdmin):
             },
         ),
     )
+
+    # Key secrets arrive in these forms: keep them out of Django's error reports.
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     # Feature modules add actions through routes.admin.registry.deployment_actions.
     @property
@@ -510,6 +517,11 @@ class KeyAdmin(KeyDisplayMixin, ScopedAdmin):
         "last_validation",
         "last_validation_detail",
     )
+
+    # Key secrets arrive in these forms: keep them out of Django's error reports.
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_fields(self, request, obj=None):
         fields = ["deployment", "role", "label", "custom_format"]

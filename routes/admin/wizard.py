@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 
 from routes import audit
 from routes import keys as keyring
@@ -436,6 +437,8 @@ def wizard_urls(model_admin) -> list:
     site = model_admin.admin_site
 
     def wrap(view):
+        # Every POST here may carry a key: keep POST data out of Django's error reports.
+        @sensitive_post_parameters()
         def bound(request, *args, **kwargs):
             return view(model_admin, request, *args, **kwargs)
 
