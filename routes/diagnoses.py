@@ -270,8 +270,9 @@ def name_matches(pattern: str, host: str) -> bool:
 def diagnose(check, probe, observed: str, ctx, *, cpa_refused: bool, excerpt: str) -> str:
     """Return the cause and fix for a failed HTTP check: the first rule that applies.
 
-    check, probe and ctx are routes.verify_checks' Check, Probe and Context; observed is who
-    answered (cpa, cpamp or unknown); cpa_refused tells whether CPA's management auth refused.
+    check and ctx are routes.verify_checks' Check and Context, probe is routes.probes' Probe;
+    observed is who answered (cpa, cpamp or unknown); cpa_refused tells whether CPA's
+    management auth refused.
     """
     status = probe.status_code or 0
     data = probe.json()

@@ -1,8 +1,9 @@
 """Verification jobs and runs: the seed's checks stored, run in the background, kept as history.
 
-The checks, the HTTP seam and the parallel runner live in routes/verify_checks.py (the only code
-that sends HTTP to deployments); this module turns them into VerificationRun and CheckResult
-rows, enqueues runs on the task worker, probes single keys, and feeds the admin.
+The checks and the parallel runner live in routes/verify_checks.py and the HTTP seam in
+routes/probes.py (the only code that sends HTTP to deployments); this module turns them into
+VerificationRun and CheckResult rows, enqueues runs on the task worker, probes single keys, and
+feeds the admin.
 """
 
 from __future__ import annotations
