@@ -1,8 +1,9 @@
 """The console as operators run it, for Playwright: gunicorn, the task worker, emulators, nginx.
 
-One session fixture starts everything on loopback with a throwaway SQLite file (passed to the
-subprocesses through DATABASE_URL and CONSOLE_DATA_DIR) and stops it at the end. Chromium is
-Debian's /usr/bin/chromium; no browser is ever downloaded.
+One session fixture starts everything on loopback with a throwaway database (a SQLite file, or
+a scratch database on the PostgreSQL pass), passed to the subprocesses through DATABASE_URL and
+CONSOLE_DATA_DIR, and stops it at the end. Chromium is Debian's /usr/bin/chromium; no browser
+is ever downloaded.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -129,6 +132,35 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+@contextmanager
+def scratch_database(workdir: Path) -> Iterator[str]:
+    """Yield a DATABASE_URL for the console under test, dropped afterwards.
+
+    On the PostgreSQL pass (DATABASE_URL names a postgres server) it is a fresh database on that
+    server; otherwise a throwaway SQLite file.
+    """
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        yield f"sqlite:///{workdir / 'console.sqlite3'}"
+        return
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'console'}_browser_{os.getpid()}"
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture(scope="session")
 def console(tmp_path_factory) -> Iterator[Console]:
     """Start CPA/CPAMP emulators, then gunicorn and the task worker on a fresh database."""
@@ -137,10 +169,15 @@ def console(tmp_path_factory) -> Iterator[Console]:
     workdir = tmp_path_factory.mktemp("console")
     data = workdir / "data"
     data.mkdir()
+    with scratch_database(workdir) as database_url:
+        yield from _serve(workdir, data, database_url)
+
+
+def _serve(workdir: Path, data: Path, database_url: str) -> Iterator[Console]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "console.settings",
-        "DATABASE_URL": f"sqlite:///{workdir / 'console.sqlite3'}",
+        "DATABASE_URL": database_url,
         "CONSOLE_DATA_DIR": str(data),
         "CONSOLE_EXPORT_DIR": str(workdir / "export"),
         "DEBUG": "false",
