@@ -286,7 +286,7 @@ class KeyInlineFormSet(forms.BaseInlineFormSet):
                     code="permission",
                     params={"team": deployment.team.slug},
                 )
-        seen_fingerprints: dict[str, str] = {}
+        reuse = keyring.ReuseTracker()
         seen_roles: set[str] = set()
         for form in self.forms:
             if form in deleting or not hasattr(form, "cleaned_data"):
@@ -299,24 +299,10 @@ class KeyInlineFormSet(forms.BaseInlineFormSet):
             secret = form.cleaned_data.get("secret")
             if not secret or form.errors.get("secret"):
                 continue
-            fingerprint = keyring.fingerprint(secret)
-            if fingerprint in seen_fingerprints:
-                form.add_error(
-                    "secret",
-                    ValidationError(
-                        _(
-                            "%(role)s: the same secret is given for the %(other)s in this form. "
-                            "Do not mix the three keys: each role needs its own secret."
-                        ),
-                        code="reuse",
-                        params={
-                            "role": keyring.ROLE_LABELS[role],
-                            "other": keyring.ROLE_LABELS[seen_fingerprints[fingerprint]],
-                        },
-                    ),
-                )
+            refusal = reuse.refusal(role, secret)
+            if refusal is not None:
+                form.add_error("secret", ValidationError(refusal.message, code=refusal.code))
                 continue
-            seen_fingerprints[fingerprint] = role
             if deployment.pk is None:
                 continue
             for problem in actions.check_key(

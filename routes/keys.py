@@ -174,3 +174,26 @@ def validate_secret(role: str, secret: str, *, custom_format: bool = False) -> N
     problems = check_shape(role, secret, custom_format=custom_format)
     if problems:
         raise ValidationError([ValidationError(p.message, code=p.code) for p in problems])
+
+
+class ReuseTracker:
+    """Finds a secret given twice in one submission (any roles), without keeping the secrets."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+
+    def refusal(self, role: str, secret: str) -> Refusal | None:
+        """Return the refusal when secret was already given under a role, else remember it."""
+        found = fingerprint(secret)
+        other = self._seen.get(found)
+        if other is None:
+            self._seen[found] = role
+            return None
+        return Refusal(
+            "reuse",
+            _(
+                "%(role)s: the same secret is given for the %(other)s in this form. Do not mix "
+                "the three keys: each role needs its own secret."
+            )
+            % {"role": ROLE_LABELS[role], "other": ROLE_LABELS[other]},
+        )

@@ -237,7 +237,7 @@ def test_the_same_secret_under_two_roles_is_refused(client, owner, deployment):
         {"cpamp_admin": ADMIN_KEY, "cpa_management": MANAGEMENT_KEY, "cpa_api": MANAGEMENT_KEY},
     )
     page = response.content.decode()
-    assert "the same secret is entered as the CPA Management Key" in page
+    assert "the same secret is given for the CPA Management Key" in page
     assert MANAGEMENT_KEY not in page
     assert not Key.objects.exists()
 

@@ -157,32 +157,16 @@ class KeysStepForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
-        seen: dict[str, str] = {}
+        reuse = keyring.ReuseTracker()
         for role in self.ROLES:
             secret = data.get(role) or ""
             if not secret:
                 continue
             custom = bool(data.get("custom_format")) and role == keyring.CPAMP_ADMIN
-            for refusal in keyring.check_shape(role, secret, custom_format=custom):
+            refusals = keyring.check_shape(role, secret, custom_format=custom)
+            refusals.append(reuse.refusal(role, secret))
+            for refusal in filter(None, refusals):
                 self.add_error(role, ValidationError(refusal.message, code=refusal.code))
-            fingerprint = keyring.fingerprint(secret)
-            if fingerprint in seen:
-                self.add_error(
-                    role,
-                    ValidationError(
-                        _(
-                            "%(role)s: the same secret is entered as the %(other)s. Do not mix "
-                            "the three keys: each role needs its own secret."
-                        ),
-                        code="reuse",
-                        params={
-                            "role": keyring.ROLE_LABELS[role],
-                            "other": keyring.ROLE_LABELS[seen[fingerprint]],
-                        },
-                    ),
-                )
-            else:
-                seen[fingerprint] = role
         return data
 
     def secrets(self) -> list[tuple[str, str]]:
