@@ -39,26 +39,10 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
-VALID = {
-    "slug": "prod",
-    "name": "Production",
-    "team": "ops",
-    "mode": "manager_server",
-    "server_name": "api.example.com",
-    "tls": False,
-    "http_port": 80,
-    "https_port": 443,
-    "ssl_certificate": "",
-    "ssl_certificate_key": "",
-    "cpa_upstream": "cli-proxy-api:8317",
-    "cpamp_upstream": "cpa-manager-plus:18317",
-    "cpamp_cpa_url": "http://cli-proxy-api:8317",
-    "client_max_body_size": "64m",
-    "route_overrides": [
-        {"match": "prefix", "path": "/config", "target": "cpamp", "enabled": True, "note": ""}
-    ],
-    "verification": {"base_url": "https://api.example.com"},
-}
+# The issue's example deployment, the valid starting point every mutation departs from.
+VALID = json.loads((Path(__file__).parent / "data" / "issue-example.json").read_text())[
+    "deployments"
+][0]
 
 # Fragments that would end a directive, open a block, start a comment, quote or inject.
 HOSTILE = [

@@ -16,37 +16,8 @@ from routes.models import AuditEvent, Deployment, Key, RouteOverride, Team
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "deployments.json"
 BROKEN = DATA / "deployments-broken.json"
-ISSUE_EXAMPLE = {
-    "version": 1,
-    "deployments": [
-        {
-            "slug": "prod",
-            "name": "Production",
-            "team": "ops",
-            "mode": "manager_server",
-            "server_name": "api.example.com",
-            "tls": False,
-            "http_port": 80,
-            "https_port": 443,
-            "ssl_certificate": "",
-            "ssl_certificate_key": "",
-            "cpa_upstream": "cli-proxy-api:8317",
-            "cpamp_upstream": "cpa-manager-plus:18317",
-            "cpamp_cpa_url": "http://cli-proxy-api:8317",
-            "client_max_body_size": "64m",
-            "route_overrides": [
-                {
-                    "match": "prefix",
-                    "path": "/config",
-                    "target": "cpamp",
-                    "enabled": True,
-                    "note": "",
-                }
-            ],
-            "verification": {"base_url": "https://api.example.com"},
-        }
-    ],
-}
+# The example of the issue, verbatim: the import format is a contract.
+ISSUE_EXAMPLE = json.loads((DATA / "issue-example.json").read_text())
 
 
 def run(*args, stdin: str | None = None, monkeypatch=None) -> tuple[str, str]:
