@@ -22,6 +22,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from routes import actions, portable, verify
 from routes import keys as keyring
 from routes.admin import registry
+from routes.admin.bulk import may_act_on
 from routes.admin.verification import last_run
 from routes.audit import client_ip
 from routes.forms import (
@@ -35,7 +36,7 @@ from routes.forms import (
     TeamForm,
 )
 from routes.models import Deployment, Key, KeyRotation, Membership, RouteOverride, Team
-from routes.permissions import Action, can, has_any_membership, refused_slugs, teams_where
+from routes.permissions import Action, can, has_any_membership, teams_where
 
 
 def _any_team(request, action: Action) -> bool:
@@ -442,17 +443,13 @@ class DeploymentAdmin(ScopedAdmin):
 def export_definitions(modeladmin, request, queryset):
     """Download the selected deployments in the import format; secrets are never included."""
     selected = list(queryset)
-    if not selected:
-        modeladmin.message_user(request, _("No deployment selected."), messages.WARNING)
-        return None
-    refused = refused_slugs(request.user, Action.EXPORT, selected)
-    if refused:
-        modeladmin.message_user(
-            request,
-            _("You may not export %(slugs)s; nothing was exported.")
-            % {"slugs": ", ".join(refused)},
-            messages.ERROR,
-        )
+    if not may_act_on(
+        modeladmin,
+        request,
+        selected,
+        action=Action.EXPORT,
+        refused_message=_("You may not export %(slugs)s; nothing was exported."),
+    ):
         return None
     payload = portable.export_definitions(
         deployments=selected, actor=request.user, ip=client_ip(request)

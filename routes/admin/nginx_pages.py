@@ -22,6 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from routes.admin import registry
 from routes.admin.base import ScopedAdmin
+from routes.admin.bulk import may_act_on
 from routes.audit import client_ip
 from routes.models import ConfigExport, Deployment
 from routes.nginx import boundaries as b
@@ -44,7 +45,7 @@ from routes.nginx.render import (
 )
 from routes.nginx.sandbox import nginx_binary
 from routes.nginx.simulate import simulate_locations
-from routes.permissions import Action, can, has_any_membership, refused_slugs, require
+from routes.permissions import Action, can, has_any_membership, require
 
 RECENT_EXPORTS = 10
 TARGET_LABELS = {b.CPA: _("CPA :8317"), b.CPAMP: _("CPAMP :18317")}
@@ -310,17 +311,13 @@ def nginx_links(request, deployment):
 def download_archive(modeladmin, request, queryset):
     """Answer a tar.gz of the selected deployments' configs (with the shared file)."""
     deployments = prepared(queryset.order_by("slug"))
-    if not deployments:
-        modeladmin.message_user(request, gettext("No deployment selected."), messages.WARNING)
-        return None
-    refused = refused_slugs(request.user, Action.EXPORT, deployments)
-    if refused:
-        modeladmin.message_user(
-            request,
-            gettext("You may not export %(slugs)s; nothing was downloaded.")
-            % {"slugs": ", ".join(refused)},
-            messages.ERROR,
-        )
+    if not may_act_on(
+        modeladmin,
+        request,
+        deployments,
+        action=Action.EXPORT,
+        refused_message=gettext("You may not export %(slugs)s; nothing was downloaded."),
+    ):
         return None
     try:
         data, _rows = build_archive(

@@ -23,8 +23,9 @@ from django.utils.translation import gettext_lazy as _
 
 from routes import audit, verify
 from routes.admin import registry
+from routes.admin.bulk import may_act_on
 from routes.models import Deployment, Key, VerificationJob, VerificationRun
-from routes.permissions import Action, can, has_any_membership, refused_slugs, teams_where
+from routes.permissions import Action, can, has_any_membership, teams_where
 
 
 def status_badge(status: str, label: str | None = None):
@@ -161,13 +162,13 @@ def deployment_links(request, deployment):
 @admin.action(description=_("Run verification"), permissions=["verify"])
 def run_verification(modeladmin, request, queryset):
     """Queue a verification run for each selected deployment the user may verify."""
-    refused = refused_slugs(request.user, Action.VERIFY, queryset)
-    if refused:
-        modeladmin.message_user(
-            request,
-            _("You may not verify %(slugs)s; nothing was queued.") % {"slugs": ", ".join(refused)},
-            messages.ERROR,
-        )
+    if not may_act_on(
+        modeladmin,
+        request,
+        list(queryset),
+        action=Action.VERIFY,
+        refused_message=_("You may not verify %(slugs)s; nothing was queued."),
+    ):
         return None
     runs = [
         verify.start_run(deployment=d, trigger=VerificationRun.Trigger.MANUAL, actor=request.user)
