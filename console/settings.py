@@ -146,7 +146,7 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 # Not reset on success: an attacker with an account of their own could otherwise clear the
 # per-IP counter between guesses at other accounts.
 AXES_RESET_ON_SUCCESS = False
-AXES_CLIENT_IP_CALLABLE = "routes.auth.client_ip"
+AXES_CLIENT_IP_CALLABLE = "routes.audit.client_ip"
 AXES_LOCKOUT_TEMPLATE = "admin/routes/security/locked_out.html"
 AXES_VERBOSE = False
 # Reverse proxies (IP addresses) whose X-Forwarded-For is believed, e.g. 127.0.0.1 when the

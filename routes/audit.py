@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 
 from routes.models import AuditEvent, Team
@@ -72,8 +74,28 @@ def record(
     )
 
 
+def _valid_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
 def client_ip(request) -> str | None:
-    """Return the client address of request (REMOTE_ADDR; proxies set it via gunicorn)."""
+    """Return the client's IP: the TCP peer, or the X-Forwarded-For hop a trusted proxy saw."""
     if request is None:
         return None
-    return request.META.get("REMOTE_ADDR") or None
+    peer = _valid_ip(request.META.get("REMOTE_ADDR", ""))
+    trusted = set(settings.CONSOLE_TRUSTED_PROXIES)
+    if peer is None or peer not in trusted:
+        return peer
+    # Walk the header from the right: the rightmost address a trusted proxy did not add is the
+    # client; anything further left was written by the client and could be forged.
+    hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        address = _valid_ip(hop)
+        if address is None:
+            return peer
+        if address not in trusted:
+            return address
+    return peer

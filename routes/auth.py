@@ -6,11 +6,8 @@ TOTP second factor that becomes mandatory for owners of teams with ``require_own
 
 from __future__ import annotations
 
-import ipaddress
-
 from axes.backends import AxesStandaloneBackend
 from django import forms
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
@@ -23,38 +20,12 @@ from django_otp.admin import OTPAdminAuthenticationForm
 from django_otp.models import Device
 
 from routes import audit
+from routes.audit import client_ip
 from routes.models import Role, Team
 
 USERNAME_MAX = 150
 # The trail's actor for failed logins: whoever typed the password is not known.
 _ANONYMOUS = "anonymous"
-
-
-def _valid_ip(value: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(value.strip()))
-    except ValueError:
-        return None
-
-
-def client_ip(request) -> str | None:
-    """Return the client's IP: the TCP peer, or the X-Forwarded-For hop a trusted proxy saw."""
-    if request is None:
-        return None
-    peer = _valid_ip(request.META.get("REMOTE_ADDR", ""))
-    trusted = set(settings.CONSOLE_TRUSTED_PROXIES)
-    if peer is None or peer not in trusted:
-        return peer
-    # Walk the header from the right: the rightmost address a trusted proxy did not add is the
-    # client; anything further left was written by the client and could be forged.
-    hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        address = _valid_ip(hop)
-        if address is None:
-            return peer
-        if address not in trusted:
-            return address
-    return peer
 
 
 class LoginThrottleBackend(AxesStandaloneBackend):

@@ -8,7 +8,7 @@ from django.test import RequestFactory, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from routes.auth import client_ip
+from routes.audit import client_ip
 from routes.models import AuditEvent
 
 PASSWORD = "pw-Str0ng-enough!"

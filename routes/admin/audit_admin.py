@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from routes import audit
-from routes.auth import client_ip
+from routes.audit import client_ip
 from routes.models import AuditEvent
 from routes.permissions import Action, has_any_membership, teams_where
 

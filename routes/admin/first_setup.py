@@ -18,7 +18,8 @@ from django.views.decorators.cache import never_cache
 from routes import audit
 from routes import keys as keyring
 from routes.admin import registry
-from routes.auth import client_ip, enrol_url, pending_2fa_teams
+from routes.audit import client_ip
+from routes.auth import enrol_url, pending_2fa_teams
 from routes.models import Deployment, Key
 from routes.permissions import Action, can
 
