@@ -111,40 +111,38 @@ class DeploymentStepForm(forms.ModelForm):
         return data
 
 
-class KeysStepForm(forms.Form):
-    """Step 2: the three keys, write-only; a blank field keeps what is stored."""
-
-    cpamp_admin = forms.CharField(
-        label=_("CPAMP Admin Key"),
+def _secret_field(label, help_text) -> forms.CharField:
+    """Return a write-only key input: never rendered back, blank keeps what is stored."""
+    return forms.CharField(
+        label=label,
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text=_(
-            "Panel login. cmp_admin_... from CPAMP startup logs (cpamp_... on CPAMP v1.10+)."
-        ),
+        help_text=help_text,
+    )
+
+
+class KeysStepForm(forms.Form):
+    """Step 2: the three keys, write-only; a blank field keeps what is stored."""
+
+    cpamp_admin = _secret_field(
+        _("CPAMP Admin Key"),
+        _("Panel login. cmp_admin_... from CPAMP startup logs (cpamp_... on CPAMP v1.10+)."),
     )
     custom_format = forms.BooleanField(
         label=_("My CPAMP takes its admin key from CPA_MANAGER_ADMIN_KEY in another format"),
         required=False,
     )
-    cpa_management = forms.CharField(
-        label=_("CPA Management Key"),
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text=_(
+    cpa_management = _secret_field(
+        _("CPA Management Key"),
+        _(
             "CPA connection. CPA remote-management.secret-key; CPAMP stores it server-side and "
             "uses it when talking to CPA."
         ),
     )
-    cpa_api = forms.CharField(
-        label=_("CPA API Key"),
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text=_(
-            "Normal API request. One of CPA's api-keys, sent as Authorization: Bearer to /v1/... ."
-        ),
+    cpa_api = _secret_field(
+        _("CPA API Key"),
+        _("Normal API request. One of CPA's api-keys, sent as Authorization: Bearer to /v1/... ."),
     )
     api_label = forms.CharField(
         label=_("API key label"),
