@@ -104,6 +104,7 @@ def bench_many(team, count: int) -> bool:
     from django.core.management import call_command
 
     from routes import keys as keyring
+    from routes.destinations import destination_of, host_header
     from routes.models import Deployment, Key, VerificationRun
     from routes.nginx.sandbox import running_nginx
     from routes.verify import start_run
@@ -112,6 +113,7 @@ def bench_many(team, count: int) -> bool:
     from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, free_port, render_export
 
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     with (
         FakeCPA(api_keys=[API_KEY], management_key=MANAGEMENT_KEY) as cpa,
         FakeCPAMP(admin_key=ADMIN_KEY, cpa_url=cpa.url, management_key=MANAGEMENT_KEY) as cpamp,
@@ -129,6 +131,13 @@ def bench_many(team, count: int) -> bool:
                 cpamp_cpa_url=cpa.url,
                 # The checks go to the one nginx port; the Host header picks the server block.
                 verification_base_url=f"http://127.0.0.1:{port}",
+                # Confirmed as an owner would, so the checks carry their keys.
+                keys_confirmed_origins=sorted(
+                    {
+                        destination_of(base, host_header(base, f"d{i:04d}.bench.test")),
+                        destination_of(cpa.url),
+                    }
+                ),
             )
             for i in range(count)
         )

@@ -1,4 +1,8 @@
-"""Run every benchmark in bench/ in turn and print their figures."""
+"""Run every benchmark in bench/ in turn and print their figures.
+
+bench_export_check.py (export_nginx --all --check at 5,000 deployments) takes about half a
+minute; set BENCH_SKIP_EXPORT_CHECK=1 to skip it.
+"""
 
 import subprocess
 import sys

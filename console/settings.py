@@ -12,6 +12,7 @@ from pathlib import Path
 
 import environ
 from cryptography.fernet import Fernet
+from csp.constants import NONE, SELF
 from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -73,12 +74,17 @@ INSTALLED_APPS = [
     "django_otp",
     "routes.otp_apps.TwoFactorConfig",  # django_otp.plugins.otp_totp, renamed
     "axes",
+    "csp",  # only for django-csp's system checks on CONTENT_SECURITY_POLICY
     "routes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "routes.middleware.SecurityHeadersMiddleware",
+    # The header middlewares sit before WhiteNoise, so static files carry the same headers as
+    # pages: WhiteNoise answers those requests itself and skips everything below it.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "routes.middleware.PermissionsPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -87,7 +93,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # After CSRF: a changelist POST with an impossible selected id is a 400, not a 500.
+    "routes.admin.bulk.ActionSelectionMiddleware",
     # Last, so it turns a lockout flagged during authentication into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -138,11 +145,13 @@ AUTHENTICATION_BACKENDS = [
     "routes.auth.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-# django-axes: failed logins are counted per username and, separately, per client IP.
+# django-axes: failed logins are counted per username and client IP together, and per client
+# IP alone. Not per username alone: five wrong passwords from anywhere would lock its owner out
+# from everywhere. An address that guesses at many usernames is still locked.
 AXES_ENABLED = env.bool("CONSOLE_LOGIN_THROTTLING", default=True)
 AXES_FAILURE_LIMIT = env.int("CONSOLE_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("CONSOLE_LOGIN_COOLOFF_MINUTES", default=15))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 # Not reset on success: an attacker with an account of their own could otherwise clear the
 # per-IP counter between guesses at other accounts.
 AXES_RESET_ON_SUCCESS = False
@@ -169,9 +178,32 @@ if CONSOLE_BEHIND_TLS:
     CSRF_COOKIE_SECURE = True
     LANGUAGE_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
+
+# Security headers. Django sets X-Frame-Options, nosniff, Referrer-Policy, COOP and (behind TLS)
+# HSTS; django-csp sets the policy below; routes.middleware adds Permissions-Policy, which Django
+# has no setting for.
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# The admin and the console's own pages load scripts and styles from 'self' only; no inline
+# script runs anywhere, so no nonce is needed. style-src stays 'self' too: Django's admin
+# templates carry no inline style attributes, and its JavaScript changes styles through the
+# CSSOM, which CSP allows.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    },
+}
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
@@ -201,12 +233,29 @@ TASKS = {
 CONSOLE_EXPORT_DIR = Path(env("CONSOLE_EXPORT_DIR", default=str(DATA_DIR / "nginx")))
 # nginx binary used for `nginx -t` checks; empty string disables them.
 CONSOLE_NGINX_BIN = env("CONSOLE_NGINX_BIN", default="nginx")
+# Seconds one `nginx -t` may take, plus 0.05 s per file it includes; then the check is reported
+# as not finished.
+CONSOLE_NGINX_CHECK_TIMEOUT = env.int("CONSOLE_NGINX_CHECK_TIMEOUT", default=60)
+# Site files per `nginx -t` run: larger exports are checked in parts (each with the shared file),
+# because one run over thousands of sites takes minutes and gigabytes of memory.
+CONSOLE_NGINX_CHECK_PART = env.int("CONSOLE_NGINX_CHECK_PART", default=500)
+# Largest definitions file `import_deployments` reads, in bytes.
+CONSOLE_IMPORT_MAX_BYTES = env.int("CONSOLE_IMPORT_MAX_BYTES", default=50 * 1024 * 1024)
+# Seconds one match of a user's location regex may take (lint, simulator, routes tester).
+CONSOLE_REGEX_TIMEOUT = env.float("CONSOLE_REGEX_TIMEOUT", default=0.2)
 # Verification runs kept per job; older ones are pruned by `manage.py prune_runs`.
 CONSOLE_RUNS_KEPT = env.int("CONSOLE_RUNS_KEPT", default=50)
+# Base URLs on link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10,
+# fd00:ec2::254) are refused: a check sent there reads the host's instance credentials. Turn this
+# on only for a deployment that really is reached through such an address.
+CONSOLE_ALLOW_LINK_LOCAL = env.bool("CONSOLE_ALLOW_LINK_LOCAL", default=False)
 # Parallel requests in one verification run.
 CONSOLE_VERIFY_POOL = env.int("CONSOLE_VERIFY_POOL", default=8)
-# Seconds after which a run still marked running is considered dead.
-CONSOLE_RUN_STALE_AFTER = env.int("CONSOLE_RUN_STALE_AFTER", default=300)
+# Grace in seconds past a run's own deadline (when its checks have ended at the latest:
+# routes.verify_checks.run_budget, stored when a worker claims it) after which a run still marked
+# running counts as dead, its worker stopped. It covers storing the results; a run claimed
+# without a stored deadline counts from its start.
+CONSOLE_RUN_STALE_AFTER = env.int("CONSOLE_RUN_STALE_AFTER", default=60)
 
 LOGGING = {
     "version": 1,

@@ -1,7 +1,8 @@
 """Login protection glue: client address, throttling backend, OTP login form, login audit.
 
-django-axes counts failed logins per username and per client IP; django-otp adds an optional
-TOTP second factor that becomes mandatory for owners of teams with ``require_owner_2fa``.
+django-axes counts failed logins per username and client IP together, and per client IP alone;
+django-otp adds an optional TOTP second factor that becomes mandatory for owners of teams with
+``require_owner_2fa``, and throttles wrong codes per device itself.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
                 self.clean_otp(user)
             except forms.ValidationError as error:
                 if error.code == "invalid_token":
-                    # A wrong code counts like a wrong password: axes throttles guessing of
-                    # codes per user and IP, and the trail records it.
+                    # django-otp throttles the guessing of codes: each wrong code doubles the
+                    # wait before the device accepts another (OTP_TOTP_THROTTLE_FACTOR). This
+                    # signal only adds the failure to the trail and to axes's counts of the
+                    # username and address, like a wrong password.
                     user_login_failed.send(
                         sender=__name__,
                         credentials={"username": user.get_username(), "reason": "otp"},

@@ -11,7 +11,7 @@ from django.db import connection
 from django.forms.formsets import DELETION_FIELD_NAME
 from django.utils.translation import gettext_lazy as _
 
-from routes import actions
+from routes import actions, destinations
 from routes import keys as keyring
 from routes import validators as v
 from routes.models import (
@@ -91,6 +91,8 @@ class DeploymentForm(forms.ModelForm):
         help_text=_("Fills every upstream field you leave blank with the preset's value."),
     )
     loaded_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+    # Set per request by the deployment admin: whose role rules apply to key destinations.
+    user = None
 
     class Meta:
         model = Deployment
@@ -158,6 +160,56 @@ class DeploymentForm(forms.ModelForm):
         if self.instance.pk and "loaded_version" in self.fields:
             self._refuse_stale_edit(cleaned)
         return cleaned
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        # After the model's own validation, so a malformed URL is refused for what it is first.
+        if hasattr(self, "cleaned_data"):
+            self._refuse_key_destination_change(self.cleaned_data)
+
+    def _refuse_key_destination_change(self, cleaned: dict) -> None:
+        """Only an owner sets a URL keys go to, or moves a deployment with keys elsewhere."""
+        stored = None
+        team_ids = [cleaned["team"].pk] if cleaned.get("team") else []
+        if self.instance.pk:
+            stored = (
+                Deployment.objects.filter(pk=self.instance.pk)
+                .values("team_id", *destinations.DEPLOYMENT_DESTINATION_FIELDS)
+                .first()
+            )
+        if stored is not None:
+            team_ids.append(stored["team_id"])
+        submitted = {
+            name: cleaned.get(name) or ""
+            for name in destinations.DEPLOYMENT_DESTINATION_FIELDS
+            if name in self.fields and name not in self.errors
+        }
+        team = cleaned.get("team") or getattr(self.instance, "team", None)
+        for name in destinations.refused_fields(
+            user=self.user, team_ids=team_ids, submitted=submitted, stored=stored
+        ):
+            self.add_error(
+                name,
+                destinations.refusal(
+                    field_label=self.fields[name].label, team_slug=team.slug if team else "?"
+                ),
+            )
+        moved = (
+            stored is not None and cleaned.get("team") and cleaned["team"].pk != stored["team_id"]
+        )
+        if moved and self.instance.keys.exists():
+            if not destinations.may_set_destination(self.user, stored["team_id"]):
+                self.add_error(
+                    "team",
+                    ValidationError(
+                        _(
+                            "team: only an owner of team %(team)s may move a deployment that "
+                            "holds keys to another team."
+                        ),
+                        code="key_destination",
+                        params={"team": Team.objects.get(pk=stored["team_id"]).slug},
+                    ),
+                )
 
     def _refuse_stale_edit(self, cleaned: dict) -> None:
         loaded = cleaned.get("loaded_version")

@@ -182,10 +182,11 @@ class Deployment(models.Model):
         _("CPA URL used by CPAMP"),
         max_length=300,
         default=DOCKER_PRESET["cpamp_cpa_url"],
-        validators=[v.validate_url],
+        validators=[v.validate_origin],
         help_text=_(
             "The CPA URL entered in CPAMP's first setup, e.g. http://cli-proxy-api:8317. Never the "
-            "public domain: that makes a loop CPAMP -> Nginx -> CPAMP/CPA."
+            "public domain: that makes a loop CPAMP -> Nginx -> CPAMP/CPA. Only an owner may "
+            "change it: the direct management check sends the CPA Management Key there."
         ),
     )
     resolver = models.CharField(
@@ -230,8 +231,33 @@ class Deployment(models.Model):
         _("verification base URL"),
         max_length=300,
         blank=True,
-        validators=[v.validate_url],
-        help_text=_("Where checks are sent; empty means derived from server name and HTTPS."),
+        validators=[v.validate_origin],
+        help_text=_(
+            "Where checks are sent, as an origin such as https://10.0.0.5:8443; empty means "
+            "derived from server name and HTTPS. Only an owner may change it."
+        ),
+    )
+    # Where keys may go. Written only by routes.destinations, never through a form.
+    keys_confirmed_origins = models.JSONField(
+        _("confirmed key destinations"),
+        default=list,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "Origins an owner confirmed for this deployment's keys, e.g. https://api.example.com."
+        ),
+    )
+    keys_confirmed_at = models.DateTimeField(
+        _("key destinations confirmed at"), null=True, blank=True, editable=False
+    )
+    keys_confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        verbose_name=_("key destinations confirmed by"),
     )
     notes = models.TextField(_("notes"), blank=True)
     version = models.PositiveIntegerField(
@@ -263,6 +289,8 @@ class Deployment(models.Model):
 
     objects = DeploymentQuerySet.as_manager()
 
+    CONFIRMATION_FIELDS = ("keys_confirmed_origins", "keys_confirmed_at", "keys_confirmed_by")
+
     class Meta:
         ordering = ["slug"]
         verbose_name = _("deployment")
@@ -288,6 +316,15 @@ class Deployment(models.Model):
     def save(self, *args, **kwargs) -> None:
         if self.server_name:
             self.server_name = v.normalize_server_name(self.server_name)
+        updating = not (self._state.adding or kwargs.get("force_insert"))
+        if updating and kwargs.get("update_fields") is None:
+            # A form or import that loaded this row earlier must not put back an older
+            # confirmation of where keys may go: routes.destinations writes those columns itself.
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in self.CONFIRMATION_FIELDS
+            ]
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
@@ -614,8 +651,11 @@ class VerificationJob(models.Model):
         _("base URL"),
         max_length=300,
         blank=True,
-        validators=[v.validate_url],
-        help_text=_("Empty: the deployment's verification base URL, or its domain and scheme."),
+        validators=[v.validate_origin],
+        help_text=_(
+            "An origin such as https://10.0.0.5; empty: the deployment's verification base URL, "
+            "or its domain and scheme. Only an owner may change it."
+        ),
     )
     verify_tls = models.BooleanField(_("verify TLS"), default=True)
     timeout_seconds = models.FloatField(
@@ -681,6 +721,9 @@ class VerificationRun(models.Model):
     base_url = models.CharField(_("base URL"), max_length=300, blank=True)
     created_at = models.DateTimeField(_("queued at"), auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    # Set when a worker claims the run: its checks have ended by then (verify_checks.run_budget),
+    # so a run still marked running well past it has lost its worker.
+    deadline_at = models.DateTimeField(_("deadline"), null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
     task_id = models.CharField(max_length=64, blank=True)

@@ -22,6 +22,8 @@ class Action(StrEnum):
     EXPORT = "export"  # export or download configs
     VERIFY = "verify"  # run verification, test keys
     MANAGE_KEYS = "manage_keys"  # add, rotate, delete keys; reveal first-setup values
+    # set or change a URL keys are sent to; confirm where checks with keys go
+    SET_KEY_DESTINATION = "set_key_destination"
     MANAGE_MEMBERS = "manage_members"  # add, change, remove memberships
     CREATE = "create"  # create a deployment in the team
 
@@ -33,6 +35,7 @@ REQUIRED_ROLE: dict[Action, Role] = {
     Action.VERIFY: Role.OPERATOR,
     Action.CREATE: Role.OPERATOR,
     Action.MANAGE_KEYS: Role.OWNER,
+    Action.SET_KEY_DESTINATION: Role.OWNER,
     Action.MANAGE_MEMBERS: Role.OWNER,
 }
 

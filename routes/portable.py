@@ -17,9 +17,10 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from routes import actions, audit
+from routes import actions, audit, destinations
 from routes import keys as keyring
 from routes.models import Deployment, RouteOverride, Team
+from routes.permissions import Action, can
 
 FORMAT_VERSION = 1
 
@@ -75,8 +76,84 @@ class ImportFailed(Exception):
         super().__init__(f"{len(problems)} problem(s)")
 
     def lines(self) -> list[str]:
-        """Return one "<slug>: <field>: <reason>" line per problem."""
-        return [f"{slug}: {name}: {reason}" for slug, name, reason in self.problems]
+        """Return one "<slug>: <field>: <reason>" line per problem, printable and bounded."""
+        return [
+            f"{_printable(slug, limit=_LABEL_LIMIT)}: {_printable(name, limit=_LABEL_LIMIT)}: "
+            f"{_printable(str(reason))}"
+            for slug, name, reason in self.problems
+        ]
+
+
+# Slugs and field names come from the file: one problem line shows at most this much of each.
+_LABEL_LIMIT = 100
+# Digits of the longest integer a file may hold: more than any field accepts, small enough for
+# a 64-bit database integer (SQLite's driver raises OverflowError beyond), and far below Python's
+# int-to-str limit (4300 digits), whose ValueError would escape json.loads.
+_MAX_DIGITS = 18
+
+
+def _printable(text: str, *, limit: int | None = None) -> str:
+    """Return text with control characters (NUL, newlines, escapes) shown as escapes."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+class _Object(dict):
+    """A JSON object that remembers the names it saw more than once (the last value wins)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.duplicates: list[str] = []
+        for name, value in pairs:
+            if name in self and name not in self.duplicates:
+                self.duplicates.append(name)
+            self[name] = value
+
+
+@dataclass(frozen=True)
+class _HugeNumber:
+    """A JSON integer too long to be any field's value; refused where it appears."""
+
+    digits: int
+
+
+def _integer(text: str) -> int | _HugeNumber:
+    digits = len(text.lstrip("-"))
+    return int(text) if digits <= _MAX_DIGITS else _HugeNumber(digits)
+
+
+def _shown(value: Any) -> str:
+    """Return a short rendering of a value from the file, for a problem's reason."""
+    if isinstance(value, _HugeNumber):
+        return _("a number of %(digits)d digits") % {"digits": value.digits}
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:60] + "…"
+    # Never repr() a container: it may be nested thousands deep.
+    return _("a list") if isinstance(value, list) else _("an object")
+
+
+def _text_problem(value: str) -> str | None:
+    """Return why a string from the file cannot be stored, or None."""
+    if "\x00" in value:
+        # PostgreSQL refuses NUL in text: refused here, a file imports alike on every database.
+        return _("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _("must be valid Unicode (it holds a lone surrogate escape)")
+    return None
+
+
+def _duplicates(raw: Any, where: str, slug: str, problems: list) -> None:
+    """Record every name that appears more than once in the JSON object raw."""
+    for name in getattr(raw, "duplicates", ()):
+        problems.append((slug, f"{where}{name}", _("appears more than once in this object")))
 
 
 @dataclass
@@ -89,10 +166,40 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_payload(text: str) -> dict:
-    """Return the parsed JSON of text; raise ImportFailed when it is not JSON."""
+def load_payload(text: str | bytes, *, limit: int | None = None) -> Any:
+    """Return the parsed JSON of text (bytes must be UTF-8); raise ImportFailed otherwise.
+
+    With limit, more than that many bytes is refused. Every JSON object remembers duplicate
+    names, and over-long integers are kept as _HugeNumber, for import_payload to refuse.
+    """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if limit is not None and size > limit:
+        raise ImportFailed(
+            [
+                (
+                    "file",
+                    "file",
+                    _("larger than %(limit)d bytes (the limit is CONSOLE_IMPORT_MAX_BYTES)")
+                    % {"limit": limit},
+                )
+            ]
+        )
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportFailed(
+                [
+                    (
+                        "file",
+                        "file",
+                        _("not UTF-8 text: the byte at offset %(offset)d cannot be decoded")
+                        % {"offset": exc.start},
+                    )
+                ]
+            ) from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_Object, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise ImportFailed(
             [
@@ -103,6 +210,10 @@ def load_payload(text: str) -> dict:
                     % {"error": exc.msg, "line": exc.lineno, "column": exc.colno},
                 )
             ]
+        ) from None
+    except RecursionError:
+        raise ImportFailed(
+            [("file", "json", _("nested too deeply to be a definitions file"))]
         ) from None
 
 
@@ -120,16 +231,26 @@ def _typed(
 ) -> dict[str, Any]:
     """Return the known, correctly typed values of raw; record every problem."""
     values: dict[str, Any] = {}
+    _duplicates(raw, where, slug, problems)
     for name, value in raw.items():
         if name not in spec:
             problems.append((slug, f"{where}{name}", _("unknown field")))
             continue
         expected = spec[name][0]
+        if isinstance(value, _HugeNumber):
+            problems.append(
+                (slug, f"{where}{name}", _("%(number)s is too large") % {"number": _shown(value)})
+            )
+            continue
         # bool is an int in Python; a port of `true` is still a mistake.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             problems.append(
                 (slug, f"{where}{name}", _("must be %(type)s") % {"type": _(_TYPE_NAMES[expected])})
             )
+            continue
+        reason = _text_problem(value) if isinstance(value, str) else None
+        if reason is not None:
+            problems.append((slug, f"{where}{name}", reason))
             continue
         values[name] = value
     for name, (_type, required) in spec.items():
@@ -151,10 +272,16 @@ def _parse_entry(raw: Any, index: int, problems: list) -> _Entry | None:
     if not isinstance(raw, dict):
         problems.append((f"deployments[{index}]", "deployment", _("must be an object")))
         return None
-    slug = raw.get("slug") if isinstance(raw.get("slug"), str) and raw.get("slug") else None
-    label = slug or f"deployments[{index}]"
+    raw_slug = raw.get("slug")
+    usable = isinstance(raw_slug, str) and raw_slug and _text_problem(raw_slug) is None
+    label = raw_slug if usable else f"deployments[{index}]"
+    _duplicates(raw, "", label, problems)
     scalars = {k: val for k, val in raw.items() if k not in NESTED_FIELDS}
     values = _typed(scalars, DEPLOYMENT_FIELDS, "", label, problems)
+    # Only a slug that passed _typed goes on: it is used in queries, where NUL breaks PostgreSQL.
+    slug = values.get("slug") or None
+    if raw_slug == "":
+        problems.append((label, "slug", _("must not be empty")))
 
     overrides: list[dict[str, Any]] = []
     raw_overrides = raw.get("route_overrides", [])
@@ -185,13 +312,14 @@ def _parse_entry(raw: Any, index: int, problems: list) -> _Entry | None:
         problems.append((label, "keys", _("must be a list of key roles")))
         raw_keys = []
     for position, role in enumerate(raw_keys):
-        if role not in keyring.ROLE_LABELS:
+        # A role that is not a string ({} or []) cannot be looked up: it is unhashable.
+        if not isinstance(role, str) or role not in keyring.ROLE_LABELS:
             problems.append(
                 (
                     label,
                     f"keys[{position}]",
-                    _("unknown key role %(role)r; use one of %(roles)s")
-                    % {"role": role, "roles": ", ".join(keyring.ROLE_LABELS)},
+                    _("unknown key role %(role)s; use one of %(roles)s")
+                    % {"role": _shown(role), "roles": ", ".join(keyring.ROLE_LABELS)},
                 )
             )
         else:
@@ -222,25 +350,32 @@ def import_payload(
     team_slug: str | None = None,
     actor=None,
     ip: str | None = None,
+    as_user=None,
 ) -> ImportReport:
     """Create or (with update) replace the deployments of payload, all or nothing.
 
     Missing teams are created. With team_slug every deployment goes into that team. Raises
-    ImportFailed with every problem found; then nothing has changed.
+    ImportFailed with every problem found; then nothing has changed. With as_user the import
+    follows that user's role rules (and is recorded as theirs); without, it acts as the server
+    administrator, who counts as an owner.
     """
+    actor = as_user if as_user is not None else actor
     problems: list[tuple[str, str, str]] = []
     if not isinstance(payload, dict):
         raise ImportFailed([("file", "file", _("must be a JSON object"))])
+    _duplicates(payload, "", "file", problems)
     for name in payload:
         if name not in ("version", "deployments"):
             problems.append(("file", name, _("unknown field")))
-    if payload.get("version") != FORMAT_VERSION:
+    version = payload.get("version")
+    # `true` equals 1 in Python; it is still not the version number.
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         problems.append(
             (
                 "file",
                 "version",
-                _("must be %(version)d (got %(found)r)")
-                % {"version": FORMAT_VERSION, "found": payload.get("version")},
+                _("must be %(version)d (got %(found)s)")
+                % {"version": FORMAT_VERSION, "found": _shown(payload.get("version"))},
             )
         )
     raw_entries = payload.get("deployments")
@@ -265,7 +400,13 @@ def import_payload(
         with transaction.atomic():
             teams = _ensure_teams(entries, team_slug, problems, report, ip)
             planned = [
-                _plan(entry, teams[team_slug or entry.values["team"]], update, problems)
+                _plan(
+                    entry,
+                    teams[team_slug or entry.values["team"]],
+                    update,
+                    problems,
+                    as_user=as_user,
+                )
                 for entry in entries
                 if (team_slug or entry.values.get("team")) in teams
             ]
@@ -276,8 +417,13 @@ def import_payload(
                 unchanged_overrides = not created and _override_signature(
                     deployment.overrides.all()
                 ) == _override_signature(overrides)
+                stored = None if created else Deployment.objects.get(pk=deployment.pk)
+                before = destinations.key_origins(stored) if stored is not None else []
                 actions.save_deployment(
                     deployment=deployment, actor=actor, action="deployment.import", ip=ip
+                )
+                destinations.confirm_own_change(
+                    deployment=deployment, before=before, actor=actor, ip=ip, how="import"
                 )
                 if not unchanged_overrides:
                     actions.replace_overrides(
@@ -328,11 +474,16 @@ def _ensure_teams(
     return teams
 
 
-def _plan(entry: _Entry, team: Team, update: bool, problems: list):
+def _plan(entry: _Entry, team: Team, update: bool, problems: list, *, as_user=None):
     """Return (deployment, overrides, entry) with the file's values applied and validated."""
     existing = Deployment.objects.filter(slug=entry.slug).first()
     if existing is not None and not update:
         problems.append((entry.slug, "slug", _("already exists; use --update to replace it")))
+    stored = (
+        {name: getattr(existing, name) for name in destinations.DEPLOYMENT_DESTINATION_FIELDS}
+        if existing is not None
+        else None
+    )
     deployment = existing if existing is not None else Deployment(slug=entry.slug)
     values = {**_deployment_defaults(), **entry.values}
     values.pop("team", None)
@@ -340,6 +491,8 @@ def _plan(entry: _Entry, team: Team, update: bool, problems: list):
     for name, value in values.items():
         setattr(deployment, name, value)
     deployment.verification_base_url = entry.verification.get("base_url", "")
+    if as_user is not None:
+        _check_role_rules(entry, deployment, team, existing, stored, as_user, problems)
     deployment.team = team
     try:
         deployment.full_clean()
@@ -376,6 +529,40 @@ def _plan(entry: _Entry, team: Team, update: bool, problems: list):
         seen[signature] = index
         overrides.append(override)
     return deployment, overrides, entry
+
+
+def _check_role_rules(entry, deployment, team, existing, stored, as_user, problems) -> None:
+    """Record what as_user may not do: edit the team, set key destinations, move keys away."""
+    needed = Action.EDIT if existing is not None else Action.CREATE
+    if not can(as_user, needed, team.pk) or (
+        existing is not None and not can(as_user, Action.EDIT, existing.team_id)
+    ):
+        message = (
+            _("%(user)s may not change deployments of team %(team)s")
+            if existing is not None
+            else _("%(user)s may not create deployments in team %(team)s")
+        )
+        problems.append(
+            (entry.slug, "team", message % {"user": as_user.get_username(), "team": team.slug})
+        )
+        return
+    team_ids = [team.pk, *([existing.team_id] if existing is not None else [])]
+    submitted = {n: getattr(deployment, n) for n in destinations.DEPLOYMENT_DESTINATION_FIELDS}
+    for name in destinations.refused_fields(
+        user=as_user, team_ids=team_ids, submitted=submitted, stored=stored
+    ):
+        reason = destinations.refusal(team_slug=team.slug).messages[0]
+        problems.append((entry.slug, FILE_NAMES.get(name, name), reason))
+    moved = existing is not None and existing.team_id != team.pk and existing.keys.exists()
+    if moved and not destinations.may_set_destination(as_user, existing.team_id):
+        problems.append(
+            (
+                entry.slug,
+                "team",
+                _("only an owner of team %(team)s may move a deployment that holds keys")
+                % {"team": existing.team.slug},
+            )
+        )
 
 
 def export_payload(*, deployments: Iterable[Deployment]) -> dict:

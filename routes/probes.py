@@ -1,9 +1,12 @@
 """The one HTTP seam: every request the console sends to a deployment goes through here.
 
-Each request has explicit (connect, read) timeouts and an overall deadline, follows no redirect
+Each request has one deadline, its timeout, that covers DNS, connect, TLS, the request, the
+headers and the body together: every socket operation gets only what is left of it, so a server
+that drips one byte at a time cannot hold a check past its timeout. A request follows no redirect
 (the Location is reported instead) and reads at most MAX_BODY bytes. Network failures come back
 as data (refused, dns, tls, timeout, connection), never as exceptions. Redactor and mask_json
-remove secrets from whatever is kept of an answer.
+remove secrets from whatever is kept of an answer; Redactor.cut is the only way stored text is
+shortened.
 
 Who answered: the exported config adds ``X-Console-Upstream: cpa|cpamp``. Without it the
 fingerprints of the behaviour reference decide (CPAMP's ``{"error","code"}`` JSON and its
@@ -12,17 +15,20 @@ fingerprints of the behaviour reference decide (CPAMP's ``{"error","code"}`` JSO
 
 from __future__ import annotations
 
+import functools
+import http.client
+import io
+import ipaddress
 import json
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import requests
-import urllib3
+from urllib.parse import urlsplit
 
 CPA = "cpa"
 CPAMP = "cpamp"
@@ -30,14 +36,15 @@ UNKNOWN = "unknown"
 MAX_BODY = 64 * 1024
 REDACTED = "[redacted]"
 USER_AGENT = "cpa-gateway-console-verify/1"
-
-# Turning TLS verification off is the operator's explicit choice on the job (or --insecure);
-# urllib3's warning on every such request would only flood the worker's log.
-urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+# A secret's prefix this long left at a cut is masked too: shorter ones say too little to matter
+# and would mask ordinary words.
+MIN_PREFIX = 8
 
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
 # Key shapes worth hiding even when the console does not know the value (reference 2.1).
 _KEY_SHAPES = re.compile(r"\b(?:cpamp_[0-9A-Za-z]{32}|cmp_admin_[A-Za-z0-9_-]{43})\b")
+# The start of such a key cut short at the end of a text.
+_KEY_SHAPE_TAIL = re.compile(r"\b(?:cpamp_[0-9A-Za-z]{2,31}|cmp_admin_[A-Za-z0-9_-]{2,42})$")
 _SENSITIVE_NAME = re.compile(r"(?i)(key|secret|token|password|passwd|authorization|credential)")
 
 
@@ -53,6 +60,27 @@ class Redactor:
             text = text.replace(secret, REDACTED)
         text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
         return _KEY_SHAPES.sub(REDACTED, text)
+
+    def cut(self, text: str, limit: int, *, marker: str = "") -> str:
+        """Return text redacted whole, then cut to limit chars (plus marker when cut).
+
+        Redacting first means a secret is never split by the cut into two unrecognisable
+        halves. The end is checked after cutting: a secret's prefix of MIN_PREFIX or more
+        characters there (the cut, or an upstream that cut its own echo) is masked too.
+        """
+        text = self(text)
+        cut = len(text) > limit
+        if cut:
+            text = text[:limit]
+        return self._mask_tail(text) + (marker if cut else "")
+
+    def _mask_tail(self, text: str) -> str:
+        for secret in self._secrets:
+            for size in range(min(len(secret), len(text)), MIN_PREFIX - 1, -1):
+                if text.endswith(secret[:size]):
+                    text = text[:-size] + REDACTED
+                    break
+        return _KEY_SHAPE_TAIL.sub(REDACTED, text)
 
 
 def mask_json(value: Any, *, secret: bool = False) -> Any:
@@ -100,11 +128,11 @@ class Probe:
 
 def classify(exc: BaseException) -> str:
     """Return refused, dns, tls, timeout or connection for a network failure."""
-    if isinstance(exc, requests.exceptions.SSLError | ssl.SSLError):
+    if isinstance(exc, ssl.SSLError):
         return "tls"
-    if isinstance(exc, requests.exceptions.Timeout | socket.timeout | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return "timeout"
-    # requests wraps urllib3 wraps the socket error: walk the chain of causes and reasons.
+    # Wrapped errors (a library's own exception around the socket's): walk causes and reasons.
     seen: set[int] = set()
     stack: list[Any] = [exc]
     while stack:
@@ -118,6 +146,8 @@ def classify(exc: BaseException) -> str:
             return "dns"
         if isinstance(item, ssl.SSLError):
             return "tls"
+        if isinstance(item, TimeoutError):
+            return "timeout"
         if isinstance(item, BaseException):
             stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
             stack.extend(a for a in item.args if isinstance(a, BaseException))
@@ -129,6 +159,139 @@ def classify(exc: BaseException) -> str:
     return "connection"
 
 
+class Deadline:
+    """One check's clock: each network operation may use only what is left of the timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.at = time.monotonic() + timeout
+
+    def remaining(self) -> float:
+        """Return the seconds left; raise TimeoutError once the deadline has passed."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {self.timeout:g} s")
+        return left
+
+
+class _DeadlineSocket:
+    """A connected socket whose every send and receive is bounded by one Deadline.
+
+    http.client reads the status line, the headers and the body through makefile(); each of
+    those reads is one recv_into() here, which may wait only for what is left of the deadline.
+    A per-operation timeout alone would restart with every byte a slow server drips.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def _arm(self) -> None:
+        self._sock.settimeout(self._deadline.remaining())
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def _decref_socketios(self) -> None:
+        """SocketIO calls this on close; the real socket is closed once, by send()."""
+
+    def close(self) -> None:
+        """http.client closes its socket when a response ends; send() closes the real one."""
+
+
+def _resolve(host: str, port: int, deadline: Deadline) -> list[tuple]:
+    """Return getaddrinfo() results for host, looked up within the deadline."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    # getaddrinfo() takes no timeout and may wait on a slow resolver for many seconds: run it
+    # aside and stop waiting at the deadline (the lookup ends on its own, bounded by resolv.conf).
+    found: dict[str, Any] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            found["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            found["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="verify-dns", daemon=True).start()
+    if not done.wait(deadline.remaining()):
+        raise TimeoutError(f"DNS lookup of {host} took longer than {deadline.timeout:g} s")
+    if "error" in found:
+        raise found["error"]
+    return found["infos"]
+
+
+def connect(*, host: str, port: int, deadline: Deadline) -> socket.socket:
+    """Return a TCP connection to host:port opened before the deadline (DNS included)."""
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _name, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error
+
+
+def _handshake(
+    sock: socket.socket, *, context: ssl.SSLContext, sni: str, deadline: Deadline
+) -> ssl.SSLSocket:
+    """Return sock wrapped in TLS; the whole handshake must finish before the deadline."""
+    try:
+        # CPython bounds one do_handshake() by the socket's timeout as a whole, not per read.
+        sock.settimeout(deadline.remaining())
+        return context.wrap_socket(sock, server_hostname=sni)
+    except BaseException:
+        sock.close()
+        raise
+
+
+@functools.cache
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """Return the TLS context for requests (built once: loading the trust store is slow)."""
+    if verify:
+        # The system trust store, as the certificate check uses: one answer to "trusted?".
+        return ssl.create_default_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _target(url: str) -> tuple[str, str, int, str]:
+    """Return (scheme, host, port, path with query) of an http(s) URL; raise ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port, path
+
+
 def send(
     *,
     method: str,
@@ -137,44 +300,66 @@ def send(
     verify: bool,
     headers: dict[str, str] | None = None,
 ) -> Probe:
-    """Send one bounded request and return what came back; never raises for network failures."""
+    """Send one request bounded in total by timeout and return what came back.
+
+    Never raises for network failures: they come back as probe.error. An answer whose body has
+    not arrived by the deadline is a timeout too (its status is kept in error_detail only), so a
+    check never judges half a body.
+    """
     probe = Probe(method=method, url=url)
     started = time.monotonic()
-    deadline = started + timeout * 2
-    with requests.Session() as session:
-        # Verification talks to the deployment itself: no proxies or .netrc from the environment.
-        session.trust_env = False
-        try:
-            response = session.request(
-                method,
-                url,
-                headers={"User-Agent": USER_AGENT, **(headers or {})},
-                timeout=(min(timeout, 10.0), timeout),
-                allow_redirects=False,
-                stream=True,
-                verify=verify,
+    deadline = Deadline(timeout)
+    raw: socket.socket | None = None
+    response: http.client.HTTPResponse | None = None
+    try:
+        scheme, host, port, path = _target(url)
+        raw = connect(host=host, port=port, deadline=deadline)
+        if scheme == "https":
+            context = _tls_context(verify)
+            raw = _handshake(raw, context=context, sni=host, deadline=deadline)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, context=context
             )
-        except requests.exceptions.RequestException as exc:
-            probe.error = classify(exc)
-            probe.error_detail = str(exc)
-            probe.latency_ms = int((time.monotonic() - started) * 1000)
-            return probe
-        try:
-            probe.status_code = response.status_code
-            probe.headers = {k.lower(): v for k, v in response.headers.items()}
-            chunks, size = [], 0
-            if method != "HEAD":
-                for chunk in response.iter_content(8192):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    # Bounded: a huge or endless body is cut, never read whole.
-                    if size >= MAX_BODY or time.monotonic() > deadline:
-                        break
-            probe.body = b"".join(chunks)[:MAX_BODY]
-        except requests.exceptions.RequestException as exc:
-            probe.error_detail = str(exc)
-        finally:
+        else:
+            conn = http.client.HTTPConnection(host, port)
+        # The connection is already open: http.client only writes the request and parses the
+        # answer, through a socket that enforces the deadline. It follows no redirect.
+        conn.sock = _DeadlineSocket(raw, deadline)  # type: ignore[assignment]
+        conn.request(method, path, headers={"User-Agent": USER_AGENT, **(headers or {})})
+        response = conn.getresponse()
+        probe.status_code = response.status
+        for name, value in response.getheaders():
+            name = name.lower()
+            probe.headers[name] = (
+                f"{probe.headers[name]}, {value}" if name in probe.headers else value
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while method != "HEAD" and size < MAX_BODY:
+            # Bounded: a huge or endless body is cut, never read whole.
+            chunk = response.read(min(8192, MAX_BODY - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        probe.body = b"".join(chunks)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        kind = classify(exc)
+        if probe.status_code is None or kind == "timeout":
+            if probe.status_code is not None:
+                detail = f"status {probe.status_code}, body unfinished at the deadline: {exc}"
+            else:
+                detail = str(exc) or type(exc).__name__
+            probe.status_code, probe.headers, probe.body = None, {}, b""
+            probe.error, probe.error_detail = kind, detail
+        else:
+            # The answer arrived but its body broke off (the server closed early): keep it.
+            probe.error_detail = str(exc) or type(exc).__name__
+    finally:
+        if response is not None:
             response.close()
+        if raw is not None:
+            raw.close()
     probe.latency_ms = int((time.monotonic() - started) * 1000)
     return probe
 
@@ -198,23 +383,22 @@ def who_answered(probe: Probe) -> str:
 def fetch_certificate(*, host: str, port: int, sni: str, timeout: float) -> bytes:
     """Return the DER certificate served at host:port for sni, without judging it.
 
-    Raises OSError or ssl.SSLError; callers turn them into data with classify().
+    DNS, connect and handshake share one deadline of timeout seconds. Raises OSError or
+    ssl.SSLError; callers turn them into data with classify().
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        with context.wrap_socket(sock, server_hostname=sni) as tls:
-            return tls.getpeercert(binary_form=True)
+    deadline = Deadline(timeout)
+    sock = connect(host=host, port=port, deadline=deadline)
+    with _handshake(sock, context=_tls_context(False), sni=sni, deadline=deadline) as tls:
+        return tls.getpeercert(binary_form=True)
 
 
 def chain_error(*, host: str, port: int, sni: str, timeout: float) -> str:
     """Return why the system trust store refuses the served chain for sni, or "" if it trusts it."""
+    deadline = Deadline(timeout)
     try:
-        strict = ssl.create_default_context()
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            with strict.wrap_socket(sock, server_hostname=sni):
-                return ""
+        sock = connect(host=host, port=port, deadline=deadline)
+        with _handshake(sock, context=_tls_context(True), sni=sni, deadline=deadline):
+            return ""
     except ssl.SSLCertVerificationError as exc:
         return exc.verify_message or str(exc)
     except (OSError, ssl.SSLError) as exc:

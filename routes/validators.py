@@ -6,9 +6,13 @@ refused everywhere. Each raises ``ValidationError`` with a message that names th
 
 import ipaddress
 import re
+import socket
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
+
+from routes.nginx import regexes
 
 # RFC 1123 label: letters, digits and inner hyphens, 1..63 characters.
 # \Z, not $: $ also matches before a trailing newline, which would let "name\n" through.
@@ -195,16 +199,32 @@ def validate_location_regex(value: str) -> None:
         )
     # nginx compiles with PCRE; Python's re is close enough to refuse broken patterns early.
     # PCRE's own named-group spellings are translated so that they are not refused here.
-    pythonic = re.sub(r"\(\?<(?![=!])", "(?P<", value)
-    pythonic = re.sub(r"\\k<(\w+)>", r"(?P=\1)", pythonic)
     try:
-        re.compile(pythonic)
-    except re.error as exc:
+        re.compile(regexes.pythonic(value))
+    except (re.error, RecursionError, OverflowError) as exc:
         raise ValidationError(
             _("The regular expression does not compile: %(error)s."),
             code="invalid",
             params={"error": str(exc)},
         ) from exc
+    if regexes.nesting_depth(value) > regexes.MAX_NESTING:
+        raise ValidationError(
+            _("The regular expression nests groups or repeats more than %(max)d deep."),
+            code="invalid",
+            params={"max": regexes.MAX_NESTING},
+        )
+    overlap = regexes.catastrophic_overlap(value)
+    if overlap is not None:
+        raise ValidationError(
+            _(
+                "The regular expression nests repeats that can both match %(char)r, such as "
+                "(a+)+ or (.*a){2,}: a path that almost matches makes nginx try exponentially "
+                "many ways to split it. Let only one of them repeat, for example a+ instead of "
+                "(a+)+."
+            ),
+            code="catastrophic",
+            params={"char": overlap},
+        )
 
 
 def validate_file_path(value: str) -> None:
@@ -220,15 +240,12 @@ def validate_file_path(value: str) -> None:
 
 def validate_resolver(value: str) -> None:
     """Accept one or more IP addresses, space-separated, for nginx's ``resolver`` directive."""
-    parts = (value or "").split()
-    if not parts:
+    parts = (value or "").split(" ")
+    if not any(parts):
         raise ValidationError(_("Give at least one resolver address."), code="required")
     for part in parts:
-        host = part[1:-1] if part.startswith("[") and part.endswith("]") else part
-        if not is_ip_literal(host):
-            raise ValidationError(
-                _("%(value)s is not an IP address."), code="invalid", params={"value": part}
-            )
+        if part:
+            _validate_address(part)
 
 
 def validate_cpa_version(value: str) -> None:
@@ -245,7 +262,136 @@ def parse_version(value: str) -> tuple[int, int, int] | None:
 
 def validate_listen_address(value: str) -> None:
     """Accept an empty value (all interfaces) or one IPv4/IPv6 address for ``listen``."""
-    if value and not is_ip_literal(value.strip("[]")):
+    if value:
+        _validate_address(value)
+
+
+# --- listen and resolver addresses: IP literals only, nothing nginx reads as syntax -------------
+
+# An address is written into the directive as it is: only these characters can never end the
+# directive, open a block, start a comment, a quote or a variable.
+_ADDRESS_FORBIDDEN = re.compile(r"[^0-9A-Fa-f:.\[\]]")
+
+
+def _validate_address(value: str) -> None:
+    """Accept an IPv4 address or an IPv6 address, the latter with or without brackets."""
+    if "%" in value:
         raise ValidationError(
-            _("%(value)s is not an IP address."), code="invalid", params={"value": value}
+            _(
+                "The address has an IPv6 zone id (the part after %%, as in %(example)s), which "
+                "nginx cannot use here; give the address without it."
+            ),
+            code="invalid",
+            params={"example": "fe80::1%eth0"},
         )
+    bad = _ADDRESS_FORBIDDEN.search(value)
+    if bad:
+        raise ValidationError(
+            _(
+                "An address may only contain digits, a-f, colons, dots and the brackets around "
+                "an IPv6 address (found %(char)r)."
+            ),
+            code="invalid",
+            params={"char": bad.group(0)},
+        )
+    bracketed = value.startswith("[") and value.endswith("]")
+    host = value[1:-1] if bracketed else value
+    try:
+        if "[" in host or "]" in host:
+            raise ValueError
+        if bracketed or ":" in host:
+            ipaddress.IPv6Address(host)
+        else:
+            ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValidationError(
+            _(
+                "%(value)s is not an IP address: give an IPv4 address such as 127.0.0.1 or an "
+                "IPv6 address such as ::1 or [::1]."
+            ),
+            code="invalid",
+            params={"value": value},
+        ) from None
+
+
+# --- Where keys may go: a base URL is an origin ----------------------------------------------
+
+# Link-local and cloud-metadata addresses: a check sent there reads the host's own metadata
+# service (instance credentials), so they are refused unless CONSOLE_ALLOW_LINK_LOCAL is on.
+_LINK_LOCAL_NETWORKS = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+)
+# Hosts that the C resolver reads as IPv4 in a short or non-decimal form: 2852039166,
+# 0xa9fea9fe, 169.254.43518, 0251.0376.0251.0376.
+_NUMERIC_HOST = re.compile(r"^(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}\Z", re.I)
+
+
+def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the IP address a literal host stands for (any IPv4 spelling), or None for a name."""
+    host = host.strip("[]").split("%")[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not _NUMERIC_HOST.match(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def is_link_local(host: str) -> bool:
+    """Return True when host is a link-local or cloud-metadata address (also IPv4-mapped)."""
+    address = host_address(host)
+    if address is None:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _LINK_LOCAL_NETWORKS)
+
+
+def validate_not_link_local(host: str) -> None:
+    """Refuse a link-local or cloud-metadata host unless CONSOLE_ALLOW_LINK_LOCAL allows it."""
+    if is_link_local(host) and not settings.CONSOLE_ALLOW_LINK_LOCAL:
+        raise ValidationError(
+            _(
+                "%(host)s is a link-local or cloud-metadata address (169.254.0.0/16, fe80::/10, "
+                "fd00:ec2::254); checks are never sent there unless CONSOLE_ALLOW_LINK_LOCAL is "
+                "on."
+            ),
+            code="link_local",
+            params={"host": host},
+        )
+
+
+def validate_origin(value: str) -> None:
+    """Accept an origin: http(s)://host[:port], at most a trailing /; never a link-local host."""
+    # validate_url wants a port with a bracketed IPv6 host; an origin such as http://[::1] may
+    # leave it out, so that one form is checked here and given the scheme's port for the rest.
+    bare_v6 = re.match(r"^(https?)://(\[[0-9A-Fa-f:.]+\])(?=[/?#]|\Z)", value or "")
+    if bare_v6:
+        port = "443" if bare_v6.group(1) == "https" else "80"
+        validate_url(f"{bare_v6.group(0)}:{port}{value[bare_v6.end() :]}")
+    else:
+        validate_url(value)
+    authority = re.match(r"^https?://([^/?#]+)", value)
+    rest = value[authority.end() :] if authority else ""
+    if rest not in ("", "/"):
+        if "?" in rest:
+            part, code = _("a query (?…)"), "query"
+        elif "#" in rest:
+            part, code = _("a fragment (#…)"), "fragment"
+        else:
+            part, code = _("a path (%(path)s)") % {"path": rest}, "path"
+        raise ValidationError(
+            _(
+                "A base URL is an origin: scheme, host and optional port, such as "
+                "https://api.example.com or http://127.0.0.1:8080. Remove %(part)s."
+            ),
+            code=code,
+            params={"part": part},
+        )
+    validate_not_link_local(url_host(value))

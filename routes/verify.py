@@ -11,20 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
-from routes import audit
+from routes import audit, destinations
 from routes import keys as keyring
+from routes import validators as v
 from routes.models import CheckResult, Deployment, Key, VerificationJob, VerificationRun
 from routes.verify_checks import (  # noqa: F401 - re-exported: the contract names them here
     CHECKS,
@@ -35,6 +38,7 @@ from routes.verify_checks import (  # noqa: F401 - re-exported: the contract nam
     Redactor,
     build_context,
     plan_checks,
+    run_budget,
     run_check,
     run_checks,
 )
@@ -86,24 +90,41 @@ def planned_checks(job: VerificationJob) -> list[Check]:
     return plan_checks(job.deployment, roles=set(roles), enabled=job.enabled_checks or ())
 
 
+def run_deadline(job: VerificationJob, *, started_at: dt.datetime) -> dt.datetime:
+    """Return when a run of job started at started_at has ended its checks, at the latest."""
+    budget = run_budget(planned_checks(job), timeout=float(job.timeout_seconds or 10.0))
+    return started_at + dt.timedelta(seconds=budget)
+
+
 def mark_stale_runs(*, now: dt.datetime | None = None) -> int:
-    """Mark runs left running longer than CONSOLE_RUN_STALE_AFTER as error; return how many."""
+    """Mark runs still running past their deadline and a grace period as error; return how many.
+
+    The deadline stored at claim time is when run_checks gives up, so a live worker is done by
+    then; CONSOLE_RUN_STALE_AFTER is the grace for storing its results. A run claimed without a
+    stored deadline (before there was one) counts from its start.
+    """
     now = now or timezone.now()
-    cutoff = now - dt.timedelta(seconds=settings.CONSOLE_RUN_STALE_AFTER)
+    grace = settings.CONSOLE_RUN_STALE_AFTER
+    cutoff = now - dt.timedelta(seconds=grace)
+    overdue = Q(deadline_at__lt=cutoff) | Q(deadline_at__isnull=True, started_at__lt=cutoff)
     stale = list(
-        VerificationRun.objects.filter(status=Status.RUNNING, started_at__lt=cutoff)
+        VerificationRun.objects.filter(overdue, status=Status.RUNNING)
         .select_related("job__deployment")
-        .only("pk", "job__deployment__team_id", "job__deployment__slug", "trigger")
+        .only("pk", "started_at", "job__deployment__team_id", "job__deployment__slug", "trigger")
     )
     marked = 0
     for run in stale:
+        waited = int((now - run.started_at).total_seconds()) if run.started_at else grace
         # Conditional: a worker finishing right now keeps its own result.
-        marked += VerificationRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+        updated = VerificationRun.objects.filter(overdue, pk=run.pk, status=Status.RUNNING).update(
             status=Status.ERROR,
             finished_at=now,
             error=_("The worker stopped before the run finished (no result after %(s)d s).")
-            % {"s": settings.CONSOLE_RUN_STALE_AFTER},
+            % {"s": waited},
         )
+        if not updated:
+            continue
+        marked += updated
         audit.record(
             action="verification.run",
             team=run.job.deployment.team_id,
@@ -128,6 +149,22 @@ def create_run(
         triggered_by=actor if getattr(actor, "is_authenticated", False) else None,
         base_url=(base_url or job.effective_base_url).rstrip("/"),
     )
+
+
+class _RefusedBaseURL(Exception):
+    """The run's base URL is not an origin checks may be sent to (message names why)."""
+
+
+def _origin_problem(base_url: str) -> str:
+    """Return why checks may not go to base_url (not an origin, link-local), or ""."""
+    try:
+        v.validate_origin(base_url)
+    except ValidationError as exc:
+        return _("Base URL %(url)s: %(reason)s") % {
+            "url": base_url,
+            "reason": " ".join(exc.messages),
+        }
+    return ""
 
 
 def _enqueue(run_id: int, insecure: bool) -> None:
@@ -183,15 +220,21 @@ def _store(run: VerificationRun, outcomes: list[CheckOutcome]) -> None:
     )
 
 
-def execute_run(*, run: VerificationRun, verify_tls: bool | None = None) -> VerificationRun:
+def execute_run(
+    *,
+    run: VerificationRun,
+    verify_tls: bool | None = None,
+    extra_key_origins: Iterable[str] = (),
+) -> VerificationRun:
     """Claim a queued run, perform its checks, store each result as it arrives; return the run.
 
     A run that is no longer queued (another worker took it, or it was marked stale) is returned
-    untouched. verify_tls=False overrides the job's TLS verification (``--insecure``).
+    untouched. verify_tls=False overrides the job's TLS verification (``--insecure``). Keys go
+    only to origins an owner confirmed, plus extra_key_origins (a command's own --base-url).
     """
     now = timezone.now()
     claimed = VerificationRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=now
+        status=Status.RUNNING, started_at=now, deadline_at=run_deadline(run.job, started_at=now)
     )
     run.refresh_from_db()
     if not claimed:
@@ -202,29 +245,42 @@ def execute_run(*, run: VerificationRun, verify_tls: bool | None = None) -> Veri
     redact = Redactor()
     failed: list[str] = []
     try:
+        base_url = run.base_url or job.effective_base_url
+        refused = _origin_problem(base_url)
+        if refused:
+            raise _RefusedBaseURL(refused)
         stored = load_keys(deployment)
         ctx = build_context(
             deployment,
-            base_url=run.base_url or job.effective_base_url,
+            base_url=base_url,
             verify_tls=job.verify_tls if verify_tls is None else verify_tls,
             timeout=float(job.timeout_seconds or 10.0),
             keys=stored.by_role,
             secrets=stored.secrets,
+            key_origins=[*destinations.confirmed_origins(deployment), *extra_key_origins],
         )
         redact = ctx.redact
         plan = plan_checks(deployment, roles=stored.by_role, enabled=job.enabled_checks or ())
         outcomes = run_checks(ctx, plan, on_results=partial(_store, run))
         failed = [o.check_id for o in outcomes if not o.passed]
         status = Status.FAILED if failed else Status.PASSED
-        error = ""
+        notes = []
         if stored.unreadable:
-            error = _("Keys that cannot be decrypted were left out: %(roles)s.") % {
-                "roles": ", ".join(sorted(set(stored.unreadable)))
-            }
+            notes.append(
+                _("Keys that cannot be decrypted were left out: %(roles)s.")
+                % {"roles": ", ".join(sorted(set(stored.unreadable)))}
+            )
+        withheld = sorted({o.details["origin"] for o in outcomes if o.details.get("keys_withheld")})
+        if withheld:
+            notes.append(destinations.pending_message(withheld))
+        error = " ".join(notes)
+    except _RefusedBaseURL as exc:
+        status = Status.ERROR
+        error = str(exc)[:500]
     except Exception as exc:
         logger.exception("verification run %s failed", run.pk)
         status = Status.ERROR
-        error = redact(f"{type(exc).__name__}: {exc}")[:500]
+        error = redact.cut(f"{type(exc).__name__}: {exc}", 500)
     duration = int((time.monotonic() - started) * 1000)
     VerificationRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
         status=status, finished_at=timezone.now(), duration_ms=duration, error=error
@@ -253,11 +309,21 @@ def verify_now(
     actor=None,
     base_url: str | None = None,
     insecure: bool = False,
+    trust_base_url: bool = False,
 ) -> VerificationRun:
-    """Create a run and perform it in this process (``manage.py verify``); return it finished."""
+    """Create a run and perform it in this process (``manage.py verify``); return it finished.
+
+    trust_base_url: base_url was chosen by someone who counts as an owner (the server
+    administrator running the command), so keys may go there for this run.
+    """
     mark_stale_runs()
     run = create_run(deployment=deployment, trigger=trigger, actor=actor, base_url=base_url)
-    return execute_run(run=run, verify_tls=False if insecure else None)
+    extra = []
+    if base_url and trust_base_url:
+        base_url = base_url.rstrip("/")
+        host = destinations.host_header(base_url, deployment.server_name)
+        extra.append(destinations.destination_of(base_url, host))
+    return execute_run(run=run, verify_tls=False if insecure else None, extra_key_origins=extra)
 
 
 def due_jobs(*, now: dt.datetime | None = None, team=None) -> list[VerificationJob]:
@@ -396,9 +462,25 @@ class KeyProbe:
 
 
 def probe_key(*, key: Key, actor=None) -> KeyProbe:
-    """Run the role's positive and negative probes with this key; record the outcome on it."""
+    """Run the role's positive and negative probes with this key; record the outcome on it.
+
+    The key is sent only to an origin an owner confirmed; otherwise nothing is sent.
+    """
     deployment = key.deployment
     job = job_for(deployment)
+    refused = _origin_problem(job.effective_base_url)
+    if refused:
+        return _finish_probe(key, actor, None, refused, [])
+    confirmed = destinations.confirmed_origins(deployment)
+    base = job.effective_base_url
+    for check_id in KEY_PROBES.get(key.role, ()):
+        if check_id == "cpa_direct":
+            url, host = deployment.cpamp_cpa_url, ""
+        else:
+            url, host = base, destinations.host_header(base, deployment.server_name)
+        origin = destinations.destination_of(url, host)
+        if url and origin not in confirmed:
+            return _finish_probe(key, actor, None, destinations.withheld_message(origin), [])
     try:
         secret = key.reveal()
     except keyring.DecryptionError:
@@ -415,6 +497,7 @@ def probe_key(*, key: Key, actor=None) -> KeyProbe:
         timeout=float(job.timeout_seconds or 10.0),
         keys=keys,
         secrets=[secret, *stored.secrets],
+        key_origins=confirmed,
     )
     plan = [
         CHECKS[check_id]

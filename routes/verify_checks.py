@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from django.utils.translation import gettext_lazy
 
 from routes import diagnoses as dx
 from routes import keys as keyring
-from routes import validators as v
+from routes.destinations import confirmed_origins, destination_of, host_header, withheld_message
 from routes.probes import (
     CPA,
     CPAMP,
@@ -255,6 +256,8 @@ class Context:
     keys: dict[str, str]
     redact: Redactor
     host_header: str = ""
+    # Origins keys may be sent to (routes.destinations); a key bound elsewhere stays home.
+    key_origins: frozenset[str] = frozenset()
 
     @property
     def tracing(self) -> bool:
@@ -311,9 +314,8 @@ def excerpt(probe: Probe, redact: Redactor) -> str:
     else:
         # One line: nginx error pages and panels are HTML over many lines.
         text = " ".join(probe.body.decode("utf-8", errors="replace").split())
-    # Redact before cutting, so a secret is never left half-visible at the cut.
-    text = redact(text)
-    return text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
+    # Redact the whole text before cutting, so a secret is never left half-visible at the cut.
+    return redact.cut(text, EXCERPT_CHARS, marker="…")
 
 
 def _url_host(url: str) -> str:
@@ -321,19 +323,8 @@ def _url_host(url: str) -> str:
     return parts.netloc or url
 
 
-def _host_header(base_url: str, server_name: str) -> str:
-    # Checking through an IP address (before DNS, or nginx on a loopback port): send the
-    # deployment's server name, as curl --resolve would, so nginx picks the right server block.
-    parts = urlsplit(base_url)
-    if not server_name or server_name.startswith("*") or not parts.hostname:
-        return ""
-    if not v.is_ip_literal(parts.hostname):
-        return ""
-    return f"{server_name}:{parts.port}" if parts.port else server_name
-
-
 def _transport_outcome(check: Check, probe: Probe, ctx: Context, url: str) -> CheckOutcome:
-    detail = ctx.redact(probe.error_detail)[:300]
+    detail = ctx.redact.cut(probe.error_detail, 300)
     return CheckOutcome(
         check_id=check.id,
         method=check.method,
@@ -387,7 +378,7 @@ def _evaluate(check: Check, probe: Probe, ctx: Context, url: str) -> CheckOutcom
     details: dict[str, Any] = {}
     for name in ("x-console-upstream", "x-cpa-version", "location", "content-type"):
         if name in probe.headers:
-            details[name] = ctx.redact(probe.headers[name])[:200]
+            details[name] = ctx.redact.cut(probe.headers[name], 200)
     if check.statuses:
         status_ok = status in check.statuses
     elif check.id == "models_compat":
@@ -477,7 +468,9 @@ def _certificate(check: Check, ctx: Context) -> CheckOutcome:
         kind = classify(exc)
         base.latency_ms = int((time.monotonic() - started) * 1000)
         base.diagnosis = ctx.redact(
-            dx.transport(kind, host=shown, timeout=ctx.timeout, detail=str(exc)[:200])
+            dx.transport(
+                kind, host=shown, timeout=ctx.timeout, detail=ctx.redact.cut(str(exc), 200)
+            )
         )
         base.details = {"error": kind}
         return base
@@ -524,8 +517,18 @@ def run_check(check: Check, ctx: Context) -> CheckOutcome:
             return _certificate(check, ctx)
         url = _request_url(check, ctx)
         headers = {}
+        withheld = ""
         if check.key_role and check.key_role in ctx.keys:
-            headers["Authorization"] = f"Bearer {ctx.keys[check.key_role]}"
+            # Where the key would go: the origin, and the server block a Host header picks.
+            origin = destination_of(url, "" if check.kind == "direct" else ctx.host_header)
+            if origin in ctx.key_origins:
+                headers["Authorization"] = f"Bearer {ctx.keys[check.key_role]}"
+            elif check.needs_key or check.lane:
+                # Without its key this probe proves nothing, and on /v0/management/ a missing
+                # key counts toward CPA's 5-strikes ban: it is not sent at all.
+                return _withheld_outcome(check, ctx, url, origin)
+            else:
+                withheld = origin
         if ctx.host_header and check.kind != "direct":
             headers["Host"] = ctx.host_header
         probe = send(
@@ -535,7 +538,10 @@ def run_check(check: Check, ctx: Context) -> CheckOutcome:
             verify=ctx.verify_tls,
             headers=headers,
         )
-        return _evaluate(check, probe, ctx, url)
+        outcome = _evaluate(check, probe, ctx, url)
+        if withheld:
+            _mark_withheld(outcome, withheld)
+        return outcome
     except Exception as exc:  # a bug in one check must not lose the others
         return CheckOutcome(
             check_id=check.id,
@@ -545,8 +551,31 @@ def run_check(check: Check, ctx: Context) -> CheckOutcome:
             expected_upstream=check.expected_upstream,
             passed=False,
             diagnosis=_("Internal error while checking: %(error)s")
-            % {"error": ctx.redact(f"{type(exc).__name__}: {exc}")[:300]},
+            % {"error": ctx.redact.cut(f"{type(exc).__name__}: {exc}", 300)},
         )
+
+
+def _mark_withheld(outcome: CheckOutcome, origin: str) -> None:
+    """Record on outcome that its key stayed home: an owner has not confirmed origin."""
+    # What answered a keyless request says nothing about the key: never a pass.
+    outcome.passed = False
+    outcome.details = {**outcome.details, "keys_withheld": True, "origin": origin}
+    outcome.diagnosis = withheld_message(origin)
+
+
+def _withheld_outcome(check: Check, ctx: Context, url: str, origin: str) -> CheckOutcome:
+    """Return the outcome of a key probe not sent because its destination is unconfirmed."""
+    outcome = CheckOutcome(
+        check_id=check.id,
+        method=check.method,
+        url=ctx.redact(url),
+        expected=check.expected_text(),
+        expected_upstream=check.expected_upstream,
+        passed=False,
+        details={"skipped": True},
+    )
+    _mark_withheld(outcome, origin)
+    return outcome
 
 
 def skipped_outcome(check: Check, ctx: Context) -> CheckOutcome:
@@ -617,9 +646,15 @@ def build_context(
     timeout: float,
     keys: dict[str, str],
     secrets: Iterable[str] = (),
+    key_origins: Iterable[str] | None = None,
 ) -> Context:
-    """Return the context of one run: keys by role and a redactor for every secret."""
+    """Return the context of one run: keys by role and a redactor for every secret.
+
+    Keys go only to key_origins; by default the origins an owner confirmed for the deployment.
+    """
     base_url = base_url.rstrip("/")
+    if key_origins is None:
+        key_origins = confirmed_origins(deployment)
     return Context(
         deployment=deployment,
         base_url=base_url,
@@ -627,7 +662,51 @@ def build_context(
         timeout=timeout,
         keys=keys,
         redact=Redactor([*keys.values(), *secrets]),
-        host_header=_host_header(base_url, deployment.server_name),
+        host_header=host_header(base_url, deployment.server_name),
+        key_origins=frozenset(key_origins) - {""},
+    )
+
+
+# Seconds a run may overrun its checks' worst case: thread start-up and bookkeeping.
+RUN_SLACK = 1.0
+
+
+def _pool_size(plan: list[Check]) -> int:
+    return max(1, min(int(settings.CONSOLE_VERIFY_POOL), len(plan) or 1))
+
+
+def run_budget(plan: list[Check], *, timeout: float) -> float:
+    """Return the seconds a run of plan takes at most: run_checks stops waiting after them.
+
+    Every request is bounded in total by timeout (the certificate check makes two). Checks are
+    started as soon as a worker is free, except the lane's, which may run one after another: such
+    a schedule ends within the pool's share of all the work plus the longest chain of checks
+    that wait for each other (Graham's bound for list scheduling).
+    """
+    if not plan:
+        return RUN_SLACK
+    cost = [2 if check.kind == "certificate" else 1 for check in plan]
+    lane = sum(1 for check in plan if check.lane)
+    units = sum(cost) / _pool_size(plan) + max(lane, *cost)
+    return timeout * units + RUN_SLACK
+
+
+def _deadline_outcome(check: Check, ctx: Context, budget: float) -> CheckOutcome:
+    """Return the outcome of a check that had not finished when the run's deadline passed."""
+    return CheckOutcome(
+        check_id=check.id,
+        method=check.method,
+        url=ctx.redact(_request_url(check, ctx)),
+        expected=check.expected_text(),
+        expected_upstream=check.expected_upstream,
+        passed=False,
+        diagnosis=_(
+            "Not finished by the run's deadline, %(budget)d s after the run started: the "
+            "deployment answered too slowly."
+        )
+        % {"budget": math.ceil(budget)},
+        details={"error": "timeout", "run_deadline": True},
+        timed_out=True,
     )
 
 
@@ -639,13 +718,18 @@ def run_checks(
 ) -> list[CheckOutcome]:
     """Run the planned checks in parallel on a bounded pool; return outcomes in plan order.
 
-    on_results is called in the calling thread with the outcomes that arrived together (runs
-    store them at once, so the admin shows progress, in few transactions).
+    The run ends by its deadline, run_budget() after it starts: a check still unfinished then
+    is reported as timed out and left to end on its own (its request is bounded too), so one
+    slow deployment holds its worker no longer than that. on_results is called in the calling
+    thread with the outcomes that arrived together (runs store them at once, so the admin shows
+    progress, in few transactions).
     """
     positions = {c.id: i for i, c in enumerate(plan)}
     lane = _ManagementLane([c for c in plan if c.lane])
     outcomes: list[CheckOutcome] = []
     batch: list[CheckOutcome] = []
+    budget = run_budget(plan, timeout=ctx.timeout)
+    deadline = time.monotonic() + budget
 
     def finish(outcome: CheckOutcome) -> None:
         outcome.position = positions[outcome.check_id]
@@ -664,9 +748,9 @@ def run_checks(
         with translation.override(language):
             return run_check(check, ctx)
 
-    pool = max(1, min(int(settings.CONSOLE_VERIFY_POOL), len(plan) or 1))
-    with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="verify") as executor:
-        running: dict = {}
+    executor = ThreadPoolExecutor(max_workers=_pool_size(plan), thread_name_prefix="verify")
+    running: dict = {}
+    try:
 
         def start_lane() -> None:
             start, skip = lane.ready()
@@ -682,7 +766,10 @@ def run_checks(
             if not check.lane:
                 running[executor.submit(work, check)] = (check, False)
         while running:
-            done, _pending = wait(running, return_when=FIRST_COMPLETED)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            done, _pending = wait(running, timeout=remaining, return_when=FIRST_COMPLETED)
             for future in done:
                 check, risky = running.pop(future)
                 outcome = future.result()
@@ -691,5 +778,18 @@ def run_checks(
                     lane.done(check, outcome, risky)
                     start_lane()
             flush()
+        # Left only when the deadline passed: what still runs, waits in the queue or is held
+        # back by the lane has timed out.
+        for future, (check, _risky) in running.items():
+            if future.done() and not future.cancelled():
+                finish(future.result())
+            else:
+                finish(_deadline_outcome(check, ctx, budget))
+        for check in lane.pending:
+            finish(_deadline_outcome(check, ctx, budget))
+        lane.pending.clear()
+    finally:
+        # Never wait for stragglers: each ends by its own request deadline.
+        executor.shutdown(wait=False, cancel_futures=True)
     flush()
     return sorted(outcomes, key=lambda o: o.position)

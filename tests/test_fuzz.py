@@ -89,6 +89,12 @@ def mostly(valid, hostile=hostile_text):
     return st.integers(0, 5).flatmap(lambda n: hostile if n == 0 else valid)
 
 
+# IPv6 zone ids and syntax after an address: listen_address and resolver must refuse them.
+# Each appears about once in eight draws, so that most deployments still render.
+ZONED = ["fe80::1%eth0", "[fe80::1%eth0]", "fe80::1%a;x", "127.0.0.1 ssl", "::1]", "[1.2.3.4]"]
+LISTEN = st.sampled_from(["", "127.0.0.1", "::1", "[::1]"] * 10 + ZONED)
+RESOLVER = st.sampled_from(["127.0.0.11", "::1 127.0.0.11", "[::1] 127.0.0.11", "::1"] * 10 + ZONED)
+
 valid_paths = st.sampled_from(
     ["/config", "/logs", "/v0/management/", "/v1/", "/healthz", "/api/", "/a-b_c.d/"]
 )
@@ -264,9 +270,11 @@ class RendererFuzzTests(TestCase):
         ),
         tls=st.booleans(),
         mode=st.sampled_from(["manager_server", "cpa_panel"]),
+        listen=LISTEN,
+        resolver=RESOLVER,
     )
     def test_every_accepted_deployment_renders_a_config_nginx_accepts(
-        self, server_name, cpa, size, overrides, tls, mode
+        self, server_name, cpa, size, overrides, tls, mode, listen, resolver
     ):
         deployment = Deployment(
             slug="fuzz",
@@ -277,6 +285,8 @@ class RendererFuzzTests(TestCase):
             client_max_body_size=size,
             tls=tls,
             mode=mode,
+            listen_address=listen,
+            resolver=resolver,
             ssl_certificate="/etc/ssl/fuzz.pem" if tls else "",
             ssl_certificate_key="/etc/ssl/fuzz.key" if tls else "",
         )

@@ -132,11 +132,16 @@ def test_a_viewer_may_not_download_or_export(client, users, deployment, settings
     assert not any(tmp_path.iterdir())
 
 
-def test_an_operator_downloads_the_config_and_the_download_is_recorded(client, users, deployment):
+def test_an_operator_downloads_the_config_and_only_a_post_is_recorded(client, users, deployment):
     client.force_login(users["operator"])
     response = client.get(download_url(deployment))
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="prod.conf"'
+    assert response.content.decode() == render_site(deployment)
+    # A GET never records an export or an audit event.
+    assert not ConfigExport.objects.exists()
+    assert not AuditEvent.objects.filter(action="config.export").exists()
+    response = client.post(download_url(deployment))
     assert response.content.decode() == render_site(deployment)
     row = ConfigExport.objects.get()
     assert (row.source, row.created_by, row.content_hash) == (

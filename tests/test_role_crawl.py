@@ -98,6 +98,7 @@ POST_TABLE = {
     "routes_deployment_test_key": EDIT,
     "routes_deployment_verify": EDIT,
     "routes_deployment_first_setup": OWNER,
+    "routes_deployment_confirm_destination": OWNER,
     "routes_deployment_delete": OWNER,
     "routes_key_delete": OWNER,
     "routes_membership_delete": OWNER,
@@ -276,6 +277,9 @@ def test_state_changing_posts_are_allowed_or_refused_by_role(client, world, who)
         ),
         "routes_deployment_verify": url_for("routes_deployment_verify", deployment),
         "routes_deployment_first_setup": url_for("routes_deployment_first_setup", deployment),
+        "routes_deployment_confirm_destination": url_for(
+            "routes_deployment_confirm_destination", deployment
+        ),
     }
     problems = []
     for name, url in posts.items():

@@ -114,8 +114,9 @@ def test_it_fills_the_host_preset(client, operator, team):
     assert deployment.cpamp_cpa_url == "http://127.0.0.1:8317"
 
 
-def test_a_custom_topology_takes_the_given_addresses(client, operator, team):
-    client.force_login(operator)
+def test_a_custom_topology_takes_the_given_addresses(client, owner, team):
+    # An owner: the CPA URL used by CPAMP is where cpa_direct sends the CPA Management Key.
+    client.force_login(owner)
     client.post(
         reverse(START),
         step1(

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Exists, IntegerField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpResponse
-from django.urls import NoReverseMatch, reverse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.formats import date_format
+from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
-from routes import actions, portable, verify
+from routes import actions, destinations, portable, verify
 from routes import keys as keyring
 from routes.admin import registry
 from routes.admin.bulk import may_act_on
@@ -206,7 +208,15 @@ class DeploymentAdmin(ScopedAdmin):
     search_fields = ("slug", "name", "server_name")
     list_select_related = ("team",)
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ("version", "created_at", "created_by", "updated_at", "updated_by")
+    readonly_fields = (
+        "version",
+        "created_at",
+        "created_by",
+        "updated_at",
+        "updated_by",
+        "key_destination",
+        "key_destination_confirmable",
+    )
     fieldsets = (
         (None, {"fields": ("name", "slug", "team", "mode", "server_name", "loaded_version")}),
         (
@@ -238,7 +248,10 @@ class DeploymentAdmin(ScopedAdmin):
                 )
             },
         ),
-        (_("Versions and verification"), {"fields": ("cpa_version", "verification_base_url")}),
+        (
+            _("Versions and verification"),
+            {"fields": ("cpa_version", "verification_base_url", "key_destination")},
+        ),
         (_("Notes"), {"fields": ("notes",)}),
         (
             _("History"),
@@ -260,10 +273,22 @@ class DeploymentAdmin(ScopedAdmin):
         return [delete_selected, export_definitions, *registry.deployment_actions]
 
     def get_urls(self):
-        extra = []
+        extra = [
+            path(
+                "<path:object_id>/confirm-destination/",
+                self.admin_site.admin_view(self.confirm_destination_view),
+                name="routes_deployment_confirm_destination",
+            )
+        ]
         for patterns in registry.deployment_urls:
             extra.extend(patterns(self))
         return extra + super().get_urls()
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # A fresh class per request: the user whose role decides where keys may go.
+        form.user = request.user
+        return form
 
     def get_queryset(self, request):
         keys = Key.objects.filter(deployment=OuterRef("pk"))
@@ -292,9 +317,14 @@ class DeploymentAdmin(ScopedAdmin):
         )
         if obj is not None and not self.has_change_permission(request, obj):
             drop.add("loaded_version")
+        if obj is None:
+            drop.add("key_destination")
+        # Owners get the same display with the "Confirm key destination" button.
+        owner = obj is not None and can(request.user, Action.SET_KEY_DESTINATION, obj.team_id)
+        swap = {"key_destination": "key_destination_confirmable"} if owner else {}
         fieldsets = []
         for name, options in super().get_fieldsets(request, obj):
-            fields = tuple(f for f in options["fields"] if f not in drop)
+            fields = tuple(swap.get(f, f) for f in options["fields"] if f not in drop)
             if fields:
                 fieldsets.append((name, {**options, "fields": fields}))
         return fieldsets
@@ -315,6 +345,82 @@ class DeploymentAdmin(ScopedAdmin):
         if count:
             present.append(str(_("CPA API ×%(n)d") % {"n": count}))
         return ", ".join(present) or "—"
+
+    def _key_destination_html(self, obj, *, confirmable: bool):
+        if obj is None or obj.pk is None:
+            return "—"
+        origins = destinations.key_origins(obj)
+        confirmed = destinations.confirmed_origins(obj)
+        rows = format_html_join(
+            "",
+            "<li><code>{}</code>: {}</li>",
+            (
+                (
+                    origin,
+                    _("confirmed")
+                    if origin in confirmed
+                    else _("not confirmed, checks run without keys"),
+                )
+                for origin in origins
+            ),
+        )
+        who = ""
+        if obj.keys_confirmed_at is not None:
+            who = format_html(
+                "<p>{}</p>",
+                _("Last confirmed %(at)s by %(who)s.")
+                % {
+                    "at": date_format(localtime(obj.keys_confirmed_at), "Y-m-d H:i"),
+                    "who": obj.keys_confirmed_by or _("the server administrator"),
+                },
+            )
+        button = ""
+        if confirmable and any(origin not in confirmed for origin in origins):
+            # What the owner sees is what gets confirmed: the view refuses if it moved since.
+            shown = format_html_join(
+                "",
+                '<input type="hidden" name="confirm_origins" value="{}">',
+                ((origin,) for origin in origins),
+            )
+            button = format_html(
+                '{}<button type="submit" class="button" formaction="{}" formmethod="post" '
+                "formnovalidate>{}</button>",
+                shown,
+                reverse("admin:routes_deployment_confirm_destination", args=[obj.pk]),
+                _("Confirm key destination"),
+            )
+        return format_html('<ul class="console-key-destinations">{}</ul>{}{}', rows, who, button)
+
+    @admin.display(description=_("where keys go"))
+    def key_destination(self, obj):
+        return self._key_destination_html(obj, confirmable=False)
+
+    @admin.display(description=_("where keys go"))
+    def key_destination_confirmable(self, obj):
+        return self._key_destination_html(obj, confirmable=True)
+
+    @method_decorator(sensitive_post_parameters())
+    def confirm_destination_view(self, request, object_id):
+        """POST (owners): confirm the origins keys go to now, as shown on the page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        deployment = self.get_object(request, object_id)
+        if not can(request.user, Action.SET_KEY_DESTINATION, deployment.team_id):
+            raise PermissionDenied
+        shown = request.POST.getlist("confirm_origins")
+        try:
+            origins = destinations.confirm_destination(
+                deployment=deployment, actor=request.user, ip=client_ip(request), expected=shown
+            )
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                _("Keys may now be sent to %(origins)s.") % {"origins": ", ".join(origins) or "—"},
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:routes_deployment_change", args=[deployment.pk]))
 
     # Permissions: one question to routes.permissions each.
     def has_view_permission(self, request, obj=None):
@@ -363,12 +469,19 @@ class DeploymentAdmin(ScopedAdmin):
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def save_model(self, request, obj, form, change):
+        stored = Deployment.objects.filter(pk=obj.pk).first() if change else None
+        before = destinations.key_origins(stored) if stored is not None else []
         actions.save_deployment(
             deployment=obj,
             actor=request.user,
             expected_version=form.cleaned_data.get("loaded_version") if change else None,
             ip=client_ip(request),
         )
+        pending = destinations.confirm_own_change(
+            deployment=obj, before=before, actor=request.user, ip=client_ip(request)
+        )
+        if pending:
+            self.message_user(request, destinations.pending_message(pending), messages.WARNING)
 
     def save_related(self, request, form, formsets, change):
         deployment = form.instance

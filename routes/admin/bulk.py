@@ -1,9 +1,51 @@
-"""The guard every bulk deployment action runs first: something selected, all of it allowed."""
+"""Guards of bulk actions: every selected id is a real id, and all of it is allowed.
+
+``ActionSelectionMiddleware`` answers 400 for a changelist POST whose ``_selected_action`` holds
+something that is not an id of the model (``abc``, or a number the database cannot store); left
+to the admin, such a value raises deep in the query and becomes a 500. ``may_act_on`` is what
+every bulk deployment action asks first.
+"""
+
+from __future__ import annotations
 
 from django.contrib import messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import BadRequest, ValidationError
 from django.utils.translation import gettext
 
 from routes.permissions import Action, refused_slugs
+
+
+def valid_pk(model, value) -> bool:
+    """Return True when value parses as a primary key of model that the database can store."""
+    field = model._meta.pk
+    try:
+        # The validators hold the backend's integer range: 99999999999999999999 fails here
+        # instead of overflowing in the database driver.
+        field.run_validators(field.to_python(value))
+    except (ValidationError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+class ActionSelectionMiddleware:
+    """Refuse (400) a POST to a ModelAdmin view whose selected ids are not ids of its model."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        # ModelAdmin.get_urls() marks every view it wraps with its model_admin.
+        model_admin = getattr(view_func, "model_admin", None)
+        if request.method != "POST" or model_admin is None:
+            return None
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        if not all(valid_pk(model_admin.model, value) for value in selected):
+            raise BadRequest(gettext("The selection holds an object id that cannot exist."))
+        return None
 
 
 def may_act_on(modeladmin, request, deployments, *, action: Action, refused_message: str) -> bool:

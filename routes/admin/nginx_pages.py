@@ -35,13 +35,16 @@ from routes.nginx.export import (
     write_export,
 )
 from routes.nginx.lint import lint
+from routes.nginx.regexes import RegexTimeout
 from routes.nginx.render import (
     COMMON_FILENAME,
     InvalidDeployment,
     effective_locations,
+    enabled_overrides,
     render_common,
     render_site,
     site_filename,
+    validate_deployment,
 )
 from routes.nginx.sandbox import nginx_binary
 from routes.nginx.simulate import simulate_locations
@@ -187,6 +190,15 @@ def _download_view(model_admin):
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
         deployment = _deployment(request, pk, Action.EXPORT)
+        try:
+            # Neither file is handed out for a deployment that fails a validator, whatever way
+            # the bad value reached the database.
+            validate_deployment(deployment, enabled_overrides(deployment))
+        except InvalidDeployment as exc:
+            model_admin.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(
+                reverse("admin:routes_deployment_config", args=[deployment.pk])
+            )
         if request.GET.get("file") == "common":
             name, text = COMMON_FILENAME, render_common([deployment.server_name])
         else:
@@ -198,12 +210,15 @@ def _download_view(model_admin):
                     reverse("admin:routes_deployment_config", args=[deployment.pk])
                 )
             name = site_filename(deployment)
-            record_exports(
-                texts=[(deployment, text)],
-                actor=request.user,
-                source=ConfigExport.Source.ADMIN,
-                ip=client_ip(request),
-            )
+            # A GET is safe (links, prefetching, crawlers): only a POST, which carries a CSRF
+            # token, records the download as an export.
+            if request.method == "POST":
+                record_exports(
+                    texts=[(deployment, text)],
+                    actor=request.user,
+                    source=ConfigExport.Source.ADMIN,
+                    ip=client_ip(request),
+                )
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         response["Cache-Control"] = "no-store"
@@ -251,7 +266,12 @@ def _routes_view(model_admin):
         context = _context(model_admin, request, deployment, _("Routes"))
         locations = effective_locations(deployment)
         tested = request.GET.get("path", "").strip()
-        result = simulate_locations(locations, tested) if tested else None
+        try:
+            result = simulate_locations(locations, tested) if tested else None
+        except RegexTimeout as exc:
+            # A regex override that backtracks too long: say so instead of holding the worker.
+            model_admin.message_user(request, exc.message, messages.ERROR)
+            result = None
         context.update(
             {
                 "rows": _route_rows(locations, result.location if result else None),

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
-from routes import audit, verify
+from routes import audit, destinations, verify
 from routes.admin import registry
 from routes.admin.bulk import may_act_on
 from routes.models import Deployment, Key, VerificationJob, VerificationRun
@@ -320,6 +320,8 @@ class VerificationRunAdmin(admin.ModelAdmin):
 
 
 class VerificationJobForm(forms.ModelForm):
+    # Set per request by the job admin: whose role rules apply to the base URL.
+    user = None
     enabled_checks = forms.MultipleChoiceField(
         label=_("enabled checks"),
         required=False,
@@ -358,6 +360,32 @@ class VerificationJobForm(forms.ModelForm):
         # Stored in the registry's order, so the field compares equal whatever the tick order.
         chosen = set(self.cleaned_data["enabled_checks"])
         return [c for c in verify.CHECKS if c in chosen]
+
+    def _post_clean(self):
+        super()._post_clean()
+        # After the model's own validation, so a malformed URL is refused for what it is first.
+        cleaned = getattr(self, "cleaned_data", {})
+        deployment = cleaned.get("deployment") or getattr(self.instance, "deployment", None)
+        if deployment is None or "base_url" in self.errors or "base_url" not in self.fields:
+            return
+        stored = (
+            VerificationJob.objects.filter(pk=self.instance.pk).values("base_url").first()
+            if self.instance.pk
+            else None
+        )
+        refused = destinations.refused_fields(
+            user=self.user,
+            team_ids=[deployment.team_id],
+            submitted={"base_url": cleaned.get("base_url") or ""},
+            stored=stored,
+        )
+        if refused:
+            self.add_error(
+                "base_url",
+                destinations.refusal(
+                    field_label=self.fields["base_url"].label, team_slug=deployment.team.slug
+                ),
+            )
 
 
 @admin.register(VerificationJob)
@@ -401,8 +429,16 @@ class VerificationJobAdmin(admin.ModelAdmin):
     def effective_base_url(self, obj):
         return obj.effective_base_url
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # A fresh class per request: the user whose role decides where keys may go.
+        form.user = request.user
+        return form
+
     def save_model(self, request, obj, form, change):
-        before = audit.snapshot(VerificationJob.objects.get(pk=obj.pk)) if change and obj.pk else {}
+        stored = VerificationJob.objects.filter(pk=obj.pk).first() if change and obj.pk else None
+        before = audit.snapshot(stored) if stored is not None else {}
+        origins_before = destinations.key_origins(obj.deployment, job=stored)
         obj.save()
         audit.record(
             action="verification_job.change" if change else "verification_job.create",
@@ -412,6 +448,14 @@ class VerificationJobAdmin(admin.ModelAdmin):
             changes=audit.field_diff(before, audit.snapshot(obj)),
             ip=audit.client_ip(request),
         )
+        pending = destinations.confirm_own_change(
+            deployment=obj.deployment,
+            before=origins_before,
+            actor=request.user,
+            ip=audit.client_ip(request),
+        )
+        if pending:
+            self.message_user(request, destinations.pending_message(pending), messages.WARNING)
 
     def delete_model(self, request, obj):
         audit.record(

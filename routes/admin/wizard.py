@@ -22,7 +22,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
-from routes import audit
+from routes import audit, destinations
 from routes import keys as keyring
 from routes.actions import save_deployment, set_key
 from routes.admin import registry
@@ -76,6 +76,7 @@ class DeploymentStepForm(forms.ModelForm):
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.user = user
         self.fields["team"].queryset = teams_where(user, Action.CREATE).order_by("name")
         self.fields["team"].empty_label = None
         self.fields["server_name"].label = _("Domain")
@@ -109,6 +110,27 @@ class DeploymentStepForm(forms.ModelForm):
                         ValidationError(_("Required with the Custom topology."), code="required"),
                     )
         return data
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        # After the model's own validation, so a malformed URL is refused for what it is first.
+        data = getattr(self, "cleaned_data", {})
+        team = data.get("team")
+        if team is not None:
+            submitted = {
+                name: data.get(name) or ""
+                for name in destinations.DEPLOYMENT_DESTINATION_FIELDS
+                if name not in self.errors
+            }
+            # Only an owner may point keys somewhere new: a preset's CPA URL or an empty
+            # verification base URL is all anyone else may give a new deployment.
+            for name in destinations.refused_fields(
+                user=self.user, team_ids=[team.pk], submitted=submitted, stored=None
+            ):
+                self.add_error(
+                    name,
+                    destinations.refusal(field_label=self.fields[name].label, team_slug=team.slug),
+                )
 
 
 def _secret_field(label, help_text) -> forms.CharField:
@@ -257,6 +279,15 @@ def wizard_start_view(model_admin, request):
             except ValidationError as exc:
                 form.add_error(None, exc)
             else:
+                pending = destinations.confirm_own_change(
+                    deployment=deployment,
+                    before=[],
+                    actor=request.user,
+                    ip=audit.client_ip(request),
+                    how="create",
+                )
+                if pending:
+                    messages.warning(request, destinations.pending_message(pending))
                 _remember(request, deployment, 2)
                 messages.success(
                     request,

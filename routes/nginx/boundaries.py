@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import gettext_noop as N_
+from django.utils.translation import gettext_noop
 
 EXACT = "exact"
 PREFIX = "prefix"
@@ -61,20 +61,25 @@ BUILTIN_ROUTES: tuple[Route, ...] = (
         EXACT,
         "/management.html",
         CPAMP,
-        N_("Manager Server-hosted management panel."),
+        gettext_noop("Manager Server-hosted management panel."),
         _PANEL,
         CPAMP_SECTION,
     ),
-    Route(EXACT, "/health", CPAMP, N_("CPAMP health check."), _PANEL, CPAMP_SECTION),
+    Route(EXACT, "/health", CPAMP, gettext_noop("CPAMP health check."), _PANEL, CPAMP_SECTION),
     Route(
-        EXACT, "/status", CPAMP, N_("CPAMP status (needs the Admin Key)."), _PANEL, CPAMP_SECTION
+        EXACT,
+        "/status",
+        CPAMP,
+        gettext_noop("CPAMP status (needs the Admin Key)."),
+        _PANEL,
+        CPAMP_SECTION,
     ),
-    Route(EXACT, "/setup", CPAMP, N_("CPAMP first setup."), _PANEL, CPAMP_SECTION),
+    Route(EXACT, "/setup", CPAMP, gettext_noop("CPAMP first setup."), _PANEL, CPAMP_SECTION),
     Route(
         PREFIX,
         "/usage-service/",
         CPAMP,
-        N_("CPAMP compatibility and runtime APIs."),
+        gettext_noop("CPAMP compatibility and runtime APIs."),
         _USAGE_SERVICE,
         CPAMP_SECTION,
     ),
@@ -82,7 +87,7 @@ BUILTIN_ROUTES: tuple[Route, ...] = (
         PREFIX,
         "/v0/management/",
         CPAMP,
-        N_(
+        gettext_noop(
             "CPAMP handles usage, model prices, aliases, dashboard, monitoring and codex "
             "inspection, and proxies other management APIs to CPA. Keep the trailing slash: "
             "not location = /v0/management."
@@ -94,7 +99,7 @@ BUILTIN_ROUTES: tuple[Route, ...] = (
         PREFIX,
         "/v0/resource/plugins/",
         CPAMP,
-        N_("CPAMP plugin page resources; without this rule plugin pages may be blank."),
+        gettext_noop("CPAMP plugin page resources; without this rule plugin pages may be blank."),
         _PLUGINS,
         CPAMP_SECTION,
     ),
@@ -102,7 +107,7 @@ BUILTIN_ROUTES: tuple[Route, ...] = (
         EXACT,
         "/models",
         CPAMP,
-        N_("CPAMP's compatibility proxy to CPA; 412/428 until first setup is done."),
+        gettext_noop("CPAMP's compatibility proxy to CPA; 412/428 until first setup is done."),
         _MODELS,
         CPAMP_SECTION,
     ),
@@ -110,31 +115,44 @@ BUILTIN_ROUTES: tuple[Route, ...] = (
         PREFIX,
         "/v1/",
         CPA,
-        N_("OpenAI / Claude Code / Codex API requests go to CPA."),
+        gettext_noop("OpenAI / Claude Code / Codex API requests go to CPA."),
         _API,
         CPA_SECTION,
     ),
-    Route(PREFIX, "/v1beta/", CPA, N_("Gemini API requests."), _API, CPA_SECTION),
-    Route(PREFIX, "/backend-api/codex/", CPA, N_("Codex API requests."), _API, CPA_SECTION),
-    Route(PREFIX, "/api/", CPA, N_("Amp routes and provider APIs."), _API, CPA_SECTION),
-    Route(EXACT, "/v1internal:method", CPA, N_("Gemini CLI internal endpoint."), _API, CPA_SECTION),
+    Route(PREFIX, "/v1beta/", CPA, gettext_noop("Gemini API requests."), _API, CPA_SECTION),
+    Route(
+        PREFIX, "/backend-api/codex/", CPA, gettext_noop("Codex API requests."), _API, CPA_SECTION
+    ),
+    Route(PREFIX, "/api/", CPA, gettext_noop("Amp routes and provider APIs."), _API, CPA_SECTION),
+    Route(
+        EXACT,
+        "/v1internal:method",
+        CPA,
+        gettext_noop("Gemini CLI internal endpoint."),
+        _API,
+        CPA_SECTION,
+    ),
     Route(
         EXACT,
         "/healthz",
         CPA,
-        N_("CPA health check."),
+        gettext_noop("CPA health check."),
         _("CPA's health check is answered by CPAMP (404)"),
         CPA_SECTION,
     ),
-    Route(EXACT, "/anthropic/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
-    Route(EXACT, "/codex/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
-    Route(EXACT, "/google/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
-    Route(EXACT, "/antigravity/callback", CPA, N_("OAuth callback."), _CALLBACK, CPA_SECTION),
+    Route(
+        EXACT, "/anthropic/callback", CPA, gettext_noop("OAuth callback."), _CALLBACK, CPA_SECTION
+    ),
+    Route(EXACT, "/codex/callback", CPA, gettext_noop("OAuth callback."), _CALLBACK, CPA_SECTION),
+    Route(EXACT, "/google/callback", CPA, gettext_noop("OAuth callback."), _CALLBACK, CPA_SECTION),
+    Route(
+        EXACT, "/antigravity/callback", CPA, gettext_noop("OAuth callback."), _CALLBACK, CPA_SECTION
+    ),
 )
 
 # `location = /` answers 302 to /management.html: served by CPAMP (manager_server) or by CPA
 # itself (cpa_panel).
-ROOT_REDIRECT = Route(EXACT, "/", "", N_("Default entry point: the management panel."))
+ROOT_REDIRECT = Route(EXACT, "/", "", gettext_noop("Default entry point: the management panel."))
 ROOT_REDIRECT_TARGET = "/management.html"
 
 # Fallback to CPA: CPA root routes, Amp routes and future CPA endpoints.
@@ -142,7 +160,7 @@ FALLBACK = Route(
     PREFIX,
     "/",
     CPA,
-    N_("Fallback to CPA: CPA root routes, Amp routes and future CPA endpoints."),
+    gettext_noop("Fallback to CPA: CPA root routes, Amp routes and future CPA endpoints."),
     _("new CPA endpoints without an explicit route are sent to CPAMP and break"),
 )
 

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import stat
 import tarfile
 import tempfile
 from collections import defaultdict
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -38,7 +40,12 @@ from routes.nginx.render import (
     resolves_at_request_time,
     site_filename,
 )
-from routes.nginx.sandbox import NginxCheck, check_directory, nginx_binary
+from routes.nginx.sandbox import (
+    NginxCheck,
+    check_directory,
+    nginx_binary,
+    readable_regular_file,
+)
 
 MANIFEST = ".console-export.json"
 LOCK = ".console-export.lock"
@@ -51,6 +58,8 @@ _LISTEN_LINE = re.compile(
 # nginx -t binds every listen socket and ignores only "address in use": unprivileged ports and
 # loopback addresses keep the check independent of the console host's interfaces and user.
 _CHECK_PORT_BASE = 20000
+# _temp_file's names: mkstemp's "." + target + "." + 8 random [a-z0-9_] + ".tmp".
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class ExportError(Exception):
@@ -73,6 +82,7 @@ class ExportResult:
     check: NginxCheck | None = None
     warnings: list[tuple[str, linter.LintWarning]] = field(default_factory=list)
     exports: list[ConfigExport] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
 
 
 def sha256(text: str) -> str:
@@ -270,54 +280,110 @@ class _ListenMap:
         address, port = match.group(2), match.group(3)
         mapped_port = self.ports.setdefault(port, _CHECK_PORT_BASE + len(self.ports))
         if address:
-            address = self.addresses.setdefault(address, f"127.0.0.{len(self.addresses) + 1}")
-            target = f"{address}:{mapped_port}"
+            if address not in self.addresses:
+                # 127.0.0.0/8 is all loopback: count through it so that thousands of distinct
+                # listen addresses stay distinct (127.0.0.1, ..., 127.0.1.0, ...).
+                n = len(self.addresses) + 1
+                self.addresses[address] = f"127.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+            target = f"{self.addresses[address]}:{mapped_port}"
         else:
             target = str(mapped_port)
         return f"{match.group(1)}{target}{match.group(4)};"
 
 
+class _StandIns:
+    """Swap certificate paths nginx -t must not open for one throwaway self-signed pair."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.verdicts: dict[str, str | None] = {}
+        self.replaced: dict[str, str] = {}
+        self.pair: tuple[Path, Path] | None = None
+
+    def swap(self, match: re.Match) -> str:
+        path = match.group(2)
+        if path not in self.verdicts:
+            self.verdicts[path] = readable_regular_file(path)
+        reason = self.verdicts[path]
+        if reason is None:
+            return match.group(0)
+        self.replaced[path] = reason
+        if self.pair is None:
+            self.pair = _stand_in_certificate(self.directory)
+        is_key = match.group(1).strip().startswith("ssl_certificate_key")
+        return f"{match.group(1)}{self.pair[1] if is_key else self.pair[0]};"
+
+    def note(self) -> str:
+        """Return the sentence that lists the replaced paths and why, or ""."""
+        if not self.replaced:
+            return ""
+        listed = ", ".join(f"{path} ({reason})" for path, reason in sorted(self.replaced.items()))
+        return _(
+            "Certificate paths that are not readable regular files on the console host were "
+            "replaced by a stand-in for this check: %(paths)s."
+        ) % {"paths": listed}
+
+
+def _merged_output(outputs: list[str]) -> str:
+    # Each part repeats nginx's warnings about shared settings: say each line once.
+    lines: dict[str, None] = {}
+    for output in outputs:
+        lines.update(dict.fromkeys(line for line in output.splitlines() if line.strip()))
+    return "\n".join(lines)
+
+
 def check_files(files: dict[str, str]) -> NginxCheck:
     """Run real `nginx -t` on {file name: text} as one directory, in a throwaway sandbox.
 
-    The console host is usually not the nginx host: a certificate path that does not exist here
-    is replaced by a throwaway self-signed stand-in for the check only (the result says so), and
-    listen addresses and ports are mapped to loopback and unprivileged ones, because nginx -t
-    binds them.
+    The console host is usually not the nginx host: a certificate path that is not a readable
+    regular file here (missing, a FIFO, a device, a directory) is replaced by a throwaway
+    self-signed stand-in for the check only, and never opened (the result says so). Listen
+    addresses and ports are mapped to loopback and unprivileged ones, because nginx -t binds
+    them. More than CONSOLE_NGINX_CHECK_PART site files are checked in parts, each with the
+    shared file, because one nginx -t of thousands of sites needs minutes and gigabytes.
     """
     if nginx_binary() is None:
         return NginxCheck(False, _("nginx is not installed on the console host"), available=False)
+    part_size = max(1, int(settings.CONSOLE_NGINX_CHECK_PART))
     with tempfile.TemporaryDirectory(prefix="console-export-check-") as tmp:
         root = Path(tmp)
-        conf_dir = root / "conf.d"
-        conf_dir.mkdir()
-        missing: set[str] = set()
-        stand_in: tuple[Path, Path] | None = None
-
-        def swap(match: re.Match) -> str:
-            nonlocal stand_in
-            path = match.group(2)
-            if Path(path).exists():
-                return match.group(0)
-            missing.add(path)
-            if stand_in is None:
-                stand_in = _stand_in_certificate(root / "stand-in")
-            is_key = match.group(1).strip().startswith("ssl_certificate_key")
-            return f"{match.group(1)}{stand_in[1] if is_key else stand_in[0]};"
-
+        stand_ins = _StandIns(root / "stand-in")
         listen = _ListenMap()
-        for name, text in files.items():
-            if name.endswith(".conf"):
-                text = _LISTEN_LINE.sub(listen.swap, _CERT_LINE.sub(swap, text))
-                (conf_dir / name).write_text(text, encoding="utf-8")
-        result = check_directory(conf_dir)
-        output = result.output.replace(str(root), "<check>")
-    if missing and result.ok:
-        output += "\n" + _(
-            "Certificate files not found on the console host were replaced by a stand-in for "
-            "this check: %(paths)s."
-        ) % {"paths": ", ".join(sorted(missing))}
-    return NginxCheck(result.ok, output, result.available)
+        texts = {
+            name: _LISTEN_LINE.sub(listen.swap, _CERT_LINE.sub(stand_ins.swap, text))
+            for name, text in sorted(files.items())
+            if name.endswith(".conf")
+        }
+        shared = [name for name in texts if name == COMMON_FILENAME]
+        sites = [name for name in texts if name != COMMON_FILENAME]
+        parts = [sites[i : i + part_size] for i in range(0, len(sites), part_size)] or [[]]
+        outputs: list[str] = []
+        result = NginxCheck(True, "")
+        for index, names in enumerate(parts):
+            conf_dir = root / f"conf.d-{index}"
+            conf_dir.mkdir()
+            for name in [*shared, *names]:
+                (conf_dir / name).write_text(texts[name], encoding="utf-8")
+            result = check_directory(conf_dir)
+            outputs.append(
+                result.output.replace(str(conf_dir), "<check>/conf.d").replace(str(root), "<check>")
+            )
+            if not result.ok:
+                outputs = outputs[-1:]
+                break
+    if result.timed_out or not result.available:
+        return result
+    notes = [_merged_output(outputs)]
+    if len(parts) > 1:
+        notes.append(
+            _(
+                "Checked in %(parts)d parts of at most %(size)d site files, each with the shared "
+                "file."
+            )
+            % {"parts": len(parts), "size": part_size}
+        )
+    notes.append(stand_ins.note())
+    return NginxCheck(result.ok, "\n".join(note for note in notes if note), result.available)
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -325,6 +391,7 @@ def check_files(files: dict[str, str]) -> NginxCheck:
 
 def _temp_file(path: Path, text: str) -> str:
     # The temp name ends in .tmp so that an nginx reload never includes a half-written file.
+    # Its shape is _TEMP_NAME: the next export removes what a killed one left behind.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
@@ -360,6 +427,50 @@ def _atomic_write(path: Path, text: str) -> None:
     _replace_all({path: text})
 
 
+def read_regular_text(path: Path) -> str | None:
+    """Return the text of path when it is a regular file (bad UTF-8 replaced), else None.
+
+    stat() first, so a FIFO, a device or a directory is never opened; the open itself does not
+    block and fstat() confirms the file, in case the path was swapped in between.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = fh.read()
+        except OSError:
+            return None
+    return data.decode("utf-8", errors="replace")
+
+
+def remove_leftovers(directory: Path, owned: Iterable[str]) -> list[str]:
+    """Remove temporary files a killed export left in directory; return their names.
+
+    Only names of _temp_file's shape whose target is a file the console owns (or its manifest)
+    are touched: anything else in the directory belongs to someone else.
+    """
+    targets = {*owned, MANIFEST}
+    removed = []
+    with os.scandir(directory) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if match is None or match.group("target") not in targets:
+            continue
+        try:
+            os.unlink(directory / name)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            continue
+        removed.append(name)
+    return removed
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -371,7 +482,20 @@ def _fsync_dir(directory: Path) -> None:
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     # Two exports into one directory at once would race on the manifest.
-    with open(directory / LOCK, "a") as fh:
+    path = directory / LOCK
+    try:
+        # O_NONBLOCK: a FIFO in the lock file's place must not hold the export forever.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise ExportError(
+            _("%(path)s cannot be opened as the export lock: %(error)s")
+            % {"path": path, "error": exc.strerror}
+        ) from None
+    with os.fdopen(fd, "a") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ExportError(
+                _("%(path)s is not a regular file; remove it and export again.") % {"path": path}
+            )
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -385,7 +509,10 @@ def read_manifest(directory: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = read_regular_text(path)
+        if text is None:
+            raise TypeError
+        data = json.loads(text)
         files = data["files"]
         if not isinstance(files, dict):
             raise TypeError
@@ -558,9 +685,9 @@ def write_export(
             if entry.get("kind") == "site" and name not in files and name not in stale
         ]
         server_names = [d.server_name for d in deployments]
-        for name in staying:
-            with contextlib.suppress(OSError):
-                server_names += _SERVER_NAME_LINE.findall((directory / name).read_text("utf-8"))
+        kept = {name: read_regular_text(directory / name) for name in staying}
+        for text in kept.values():
+            server_names += _SERVER_NAME_LINE.findall(text or "")
         files[COMMON_FILENAME] = render_common(server_names)
         entries[COMMON_FILENAME] = {"kind": "common"}
         files = dict(sorted(files.items()))
@@ -577,7 +704,7 @@ def write_export(
         for name, entry in owned.items():
             current = directory / name
             if name in files and entry.get("sha256") and current.exists():
-                if sha256(current.read_text("utf-8", errors="replace")) != entry["sha256"]:
+                if sha256(read_regular_text(current) or "") != entry["sha256"]:
                     result.warnings.append(
                         (
                             entry.get("deployment", ""),
@@ -594,16 +721,15 @@ def write_export(
                     )
         if check:
             merged = {name: text for name, text in files.items() if name.endswith(".conf")}
-            for name in staying:
-                with contextlib.suppress(OSError):
-                    merged[name] = (directory / name).read_text("utf-8")
+            merged.update({name: text for name, text in kept.items() if text is not None})
             result.check = check_files(merged)
             if not result.check.ok:
-                raise ExportError(
-                    _("nginx -t refused the export; nothing was changed:\n%(output)s")
-                    % {"output": result.check.output},
-                    result.check,
+                message = (
+                    _("The export could not be checked; nothing was changed:\n%(output)s")
+                    if result.check.timed_out
+                    else _("nginx -t refused the export; nothing was changed:\n%(output)s")
                 )
+                raise ExportError(message % {"output": result.check.output}, result.check)
         for name, text in files.items():
             entries[name]["sha256"] = sha256(text)
         # The manifest first lists old and new files, so a crash mid-way never leaves a file
@@ -612,11 +738,7 @@ def write_export(
         changes: dict[Path, str] = {}
         for name, text in files.items():
             path = directory / name
-            try:
-                same = path.read_text("utf-8") == text
-            except (OSError, UnicodeDecodeError):
-                same = False
-            if same:
+            if read_regular_text(path) == text:
                 result.unchanged.append(name)
             else:
                 changes[path] = text
@@ -629,6 +751,8 @@ def write_export(
         _write_manifest(
             directory, {n: e for n, e in {**owned, **entries}.items() if n not in stale}
         )
+        # After the writes: a refused export changes nothing, leftovers included.
+        result.leftovers = remove_leftovers(directory, {*owned, *entries})
         _fsync_dir(directory)
     result.exports = record_exports(
         texts=[(d, sites[site_filename(d)]) for d in deployments],

@@ -3,6 +3,10 @@
 Shadowing is decided by the simulator, not by string comparison: for sample paths of every seed
 route, the override-free config and the real one are compared, so regex and prefix overrides are
 judged by what nginx would actually do.
+
+Every regex runs under CONSOLE_REGEX_TIMEOUT through the simulator's Router: a pattern that
+takes longer becomes a ``regex_timeout`` warning and the checks go on without it, so a crafted
+override can neither hang the config page nor ``export_nginx --all``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from django.utils.translation import gettext as _
 
 from routes import validators as v
 from routes.nginx import boundaries as b
+from routes.nginx.regexes import RegexTimeout
 from routes.nginx.render import Location, effective_locations, enabled_overrides
 from routes.nginx.simulate import Router, Simulation
 
@@ -62,6 +67,7 @@ def lint(deployment, overrides: Sequence | None = None) -> list[LintWarning]:
     warnings += _panel_mode(deployment, overrides)
     warnings += _upstreams(deployment)
     warnings += _server_name(deployment)
+    warnings += _slow_regexes(router)
     return warnings
 
 
@@ -83,7 +89,7 @@ def _samples(overrides) -> list[str]:
     return list(dict.fromkeys(samples))
 
 
-def _may_touch(overrides, sample: str) -> bool:
+def _may_touch(overrides, sample: str, router: Router) -> bool:
     """Return whether some override can change where nginx sends sample (a normalised path)."""
     for override in overrides:
         path = override.path
@@ -92,11 +98,14 @@ def _may_touch(overrides, sample: str) -> bool:
         if override.match == b.PREFIX and (sample.startswith(path) or sample + "/" == path):
             return True
         if override.match in (b.REGEX, b.REGEX_I):
-            flags = re.IGNORECASE if override.match == b.REGEX_I else 0
             try:
-                if re.search(path, sample, flags):
-                    return True
-            except re.error:
+                found = router.matches(
+                    path, sample.encode("utf-8"), caseless=override.match == b.REGEX_I
+                )
+            except RegexTimeout:
+                return True  # unknown: the simulator decides, or reports the same timeout
+            # A pattern that does not compile is judged by the simulator, which skips it.
+            if found or found is None:
                 return True
     return False
 
@@ -131,10 +140,13 @@ def _boundaries(deployment, overrides, router: Router) -> list[LintWarning]:
     found: list[LintWarning] = []
     seen: set[tuple[str, str, str]] = set()
     for sample in _samples(overrides):
-        if not _may_touch(overrides, sample):
+        if not _may_touch(overrides, sample, router):
             continue
+        try:
+            after = router.simulate(sample)
+        except RegexTimeout:
+            continue  # reported once per pattern by _slow_regexes
         before = _baseline(deployment.mode, sample)
-        after = router.simulate(sample)
         route = _owner(before.location)
         loc = after.location
         if route is None or loc is None or loc.origin != "override" or not after.proxied:
@@ -253,17 +265,21 @@ def _regexes_never_reached(router: Router) -> list[LintWarning]:
         literal = _literal_prefix(location.path)
         if len(literal) < 2:
             continue
-        flags = re.IGNORECASE if location.match == b.REGEX_I else 0
+        caseless = location.match == b.REGEX_I
         try:
-            pattern = re.compile(location.path, flags)
-        except re.error:
-            continue
-        sample = next(
-            (s for s in (literal, literal + "x", literal + "/x") if pattern.search(s)), None
-        )
-        if sample is None:
-            continue
-        result = router.simulate(sample)
+            sample = next(
+                (
+                    s
+                    for s in (literal, literal + "x", literal + "/x")
+                    if router.matches(location.path, s.encode("utf-8"), caseless=caseless)
+                ),
+                None,
+            )
+            if sample is None:
+                continue
+            result = router.simulate(sample)
+        except RegexTimeout:
+            continue  # reported once per pattern by _slow_regexes
         if result.location is None or result.location == location:
             continue
         label = _label(location.match, location.path)
@@ -275,6 +291,25 @@ def _regexes_never_reached(router: Router) -> list[LintWarning]:
                     "exact match, a ^~ prefix or an earlier regex stops the regex search)."
                 )
                 % {"override": label, "sample": sample, "winner": _loc_label(result.location)},
+                label,
+            )
+        )
+    return found
+
+
+def _slow_regexes(router: Router) -> list[LintWarning]:
+    found = []
+    for (pattern, caseless), exc in router.slow.items():
+        label = _label(b.REGEX_I if caseless else b.REGEX, pattern)
+        found.append(
+            LintWarning(
+                "regex_timeout",
+                _(
+                    "Override %(override)s: the regular expression took longer than %(seconds)s "
+                    "s to match %(sample)s, so the lint could not check where it sends requests "
+                    "(and nginx may spend as long on such a request); simplify it."
+                )
+                % {"override": label, "seconds": f"{exc.seconds:g}", "sample": exc.subject},
                 label,
             )
         )

@@ -13,19 +13,21 @@ edges that matter here:
 - ``ngx_http_core_find_location``: an exact match or the 301 stop the search, a ``^~`` longest
   prefix skips the regexes, otherwise regexes are tried in config order.
 
+Regexes are matched with the ``regex`` package under CONSOLE_REGEX_TIMEOUT (routes.nginx.regexes):
+a pattern that backtracks too long raises RegexTimeout instead of holding the worker.
+
 tests/test_simulate.py checks the simulator against real nginx on a corpus of requests.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from django.utils.translation import gettext_lazy as _
 
 from routes.nginx import boundaries as b
+from routes.nginx.regexes import RegexTimeout, compile_location, timed_search
 from routes.nginx.render import Location, effective_locations
 
 BAD_REQUEST = 400
@@ -303,14 +305,6 @@ def _find_static(node: _Node | None, uri: bytes) -> tuple[str, Location | None]:
     return rv, found
 
 
-@lru_cache(maxsize=512)
-def _compiled(pattern: str, caseless: bool) -> re.Pattern[bytes] | None:
-    try:
-        return re.compile(pattern.encode("utf-8"), re.IGNORECASE if caseless else 0)
-    except re.error:
-        return None
-
-
 def _escape(name: bytes) -> str:
     return "".join(chr(c) if c not in _ESCAPE else f"%{c:02X}" for c in name)
 
@@ -326,9 +320,29 @@ class Router:
         self.locations = list(locations)
         self.tree = _static_tree(self.locations)
         self.regexes = [loc for loc in self.locations if loc.is_regex]
+        # Patterns that hit the time limit once are not run again by this router: a lint asks
+        # dozens of paths, and each would wait out the limit again.
+        self.slow: dict[tuple[str, bool], RegexTimeout] = {}
+
+    def matches(self, pattern: str, uri: bytes, *, caseless: bool) -> bool | None:
+        """Return whether the regex matches uri, None if it does not compile; RegexTimeout."""
+        key = (pattern, caseless)
+        if key in self.slow:
+            raise self.slow[key]
+        compiled = compile_location(pattern, caseless=caseless)
+        if compiled is None:
+            return None
+        try:
+            return timed_search(compiled, uri, pattern=pattern)
+        except RegexTimeout as exc:
+            self.slow[key] = exc
+            raise
 
     def choose(self, uri: bytes) -> tuple[str, Location | None, tuple[str, ...]]:
-        """Return (rc, location, regexes tried) for a normalised uri, like nginx's find_location."""
+        """Return (rc, location, regexes tried) for a normalised uri, like nginx's find_location.
+
+        Raises RegexTimeout when a regex takes longer than CONSOLE_REGEX_TIMEOUT to match.
+        """
         rc, found = _find_static(self.tree, uri)
         if rc in ("ok", "done"):
             return rc, found, ()
@@ -337,13 +351,12 @@ class Router:
         tried: list[str] = []
         for loc in self.regexes:
             tried.append(loc.path)
-            pattern = _compiled(loc.path, loc.match == b.REGEX_I)
-            if pattern is not None and pattern.search(uri):
+            if self.matches(loc.path, uri, caseless=loc.match == b.REGEX_I):
                 return "ok", loc, tuple(tried)
         return rc, found, tuple(tried)
 
     def simulate(self, raw_path: str) -> Simulation:
-        """Return what nginx does with a request for raw_path."""
+        """Return what nginx does with a request for raw_path; RegexTimeout for a slow regex."""
         try:
             uri, args = normalise(_request_target(raw_path))
         except BadRequest as exc:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.fakes.cpa import LISTEN_BACKLOG
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -39,6 +41,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class IdentifyServer(ThreadingHTTPServer):
     daemon_threads = True
+    # Issue 16: the stdlib default backlog of 5 stalls parallel workers.
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, name: str):
         super().__init__(("127.0.0.1", 0), _Handler)

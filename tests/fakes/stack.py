@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routes import keys as keyring
+from routes.destinations import confirm_destination
 from routes.models import Deployment, Key, RouteOverride
 from routes.nginx.export import render_files, self_signed_certificate
 from routes.nginx.sandbox import running_nginx
@@ -88,6 +89,8 @@ def configure(
         deployment.tls = False
         deployment.verification_base_url = f"http://127.0.0.1:{deployment.http_port}"
     deployment.save()
+    # The test stands in for the owner who points the deployment at its emulators.
+    confirm_destination(deployment=deployment)
     return deployment
 
 
@@ -104,23 +107,41 @@ def running_stack(
     keys: dict[str, str] | None = None,
     cpa_api_keys: list[str] | None = None,
     cpamp_management_key: str | None = None,
+    cpa_version: str = "v7.1.39",
+    cpa_panel_available: bool = True,
+    usage_statistics_enabled: bool | None = None,
+    collector_enabled: bool = True,
+    cpamp_cpa_url: str | None = None,
+    cpamp_source_address: str = "127.0.0.1",
 ) -> Iterator[Stack]:
     """Run the deployment behind real nginx with CPA and CPAMP emulators; yield the Stack.
 
     keys: {role: secret} stored on the deployment (default: the three matching keys; pass {}
     for none). overrides: (match, path, target) RouteOverrides. cpamp_management_key: the CPA
-    Management Key saved in CPAMP's setup (default: the right one).
+    Management Key saved in CPAMP's setup (default: the right one). cpamp_cpa_url: the CPA URL
+    saved in CPAMP's setup (default: the CPA emulator; a dead port for "CPAMP cannot reach CPA").
+    usage_statistics_enabled: CPA's flag (default: on after setup, which turns it on).
+    cpa_version, cpa_panel_available, collector_enabled, cpamp_source_address: see FakeCPA and
+    FakeCPAMP. Every option is also an attribute of stack.cpa / stack.cpamp, to flip at run time.
     """
     cpa = FakeCPA(
         api_keys=cpa_api_keys if cpa_api_keys is not None else [API_KEY],
         management_key=MANAGEMENT_KEY,
+        version=cpa_version,
+        panel_available=cpa_panel_available,
+        # CPAMP's setup PUTs usage-statistics-enabled=true at CPA (reference 2.4, 3.3).
+        usage_statistics_enabled=(
+            setup_done if usage_statistics_enabled is None else usage_statistics_enabled
+        ),
         delay=delay,
     ).start()
     cpamp = FakeCPAMP(
         admin_key=ADMIN_KEY,
-        cpa_url=cpa.url,
+        cpa_url=cpamp_cpa_url or cpa.url,
         management_key=cpamp_management_key or MANAGEMENT_KEY,
         setup_done=setup_done,
+        collector_enabled=collector_enabled,
+        source_address=cpamp_source_address,
         delay=delay,
     ).start()
     try:

@@ -94,6 +94,10 @@ class Command(BaseCommand):
             self.stdout.write(_("  wrote %(name)s") % {"name": name})
         for name in result.removed:
             self.stdout.write(_("  removed %(name)s") % {"name": name})
+        for name in result.leftovers:
+            self.stdout.write(
+                _("  removed %(name)s, left behind by an interrupted export") % {"name": name}
+            )
         if result.check is not None:
             self.stdout.write(_("nginx -t: ok. %(output)s") % {"output": result.check.output})
 
@@ -140,9 +144,12 @@ class Command(BaseCommand):
         if check:
             result = check_files(files)
             if not result.ok:
-                raise CommandError(
-                    _("nginx -t refused the export:\n%(output)s") % {"output": result.output}
+                message = (
+                    _("The export could not be checked:\n%(output)s")
+                    if result.timed_out
+                    else _("nginx -t refused the export:\n%(output)s")
                 )
+                raise CommandError(message % {"output": result.output})
             self.stderr.write(_("nginx -t: ok. %(output)s") % {"output": result.output})
         # One stream that nginx can include as a single file: the shared map block first.
         self.stdout.write("\n".join(files.values()), ending="")

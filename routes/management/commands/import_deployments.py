@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
-from routes import portable
+from routes import actions, portable
 
 
 class Command(BaseCommand):
@@ -24,23 +25,43 @@ class Command(BaseCommand):
         parser.add_argument(
             "--team", metavar="SLUG", help="Put every imported deployment in this team."
         )
+        parser.add_argument(
+            "--as",
+            dest="as_user",
+            metavar="USERNAME",
+            help=(
+                "Import with this user's role rules (e.g. only owners set where keys are sent; "
+                "no two-factor session exists here) and record it as theirs."
+            ),
+        )
 
     def handle(self, *args, **options) -> None:
+        as_user = None
+        if options["as_user"]:
+            try:
+                as_user = actions.find_user(options["as_user"])
+            except ValidationError as exc:
+                raise CommandError(f"--as: {' '.join(exc.messages)}") from None
         source = options["file"]
+        limit = settings.CONSOLE_IMPORT_MAX_BYTES
+        # One byte over the limit is enough to refuse: never read a huge file (or /dev/zero) whole.
         if source == "-":
-            text = sys.stdin.read()
+            stream = getattr(sys.stdin, "buffer", sys.stdin)
+            data = stream.read(limit + 1)
         else:
             try:
-                text = Path(source).read_text(encoding="utf-8")
+                with open(source, "rb") as fh:
+                    data = fh.read(limit + 1)
             except OSError as exc:
                 raise CommandError(
                     _("%(file)s: cannot read: %(error)s") % {"file": source, "error": exc.strerror}
                 ) from None
         try:
             report = portable.import_payload(
-                payload=portable.load_payload(text),
+                payload=portable.load_payload(data, limit=limit),
                 update=options["update"],
                 team_slug=options["team"],
+                as_user=as_user,
             )
         except portable.ImportFailed as failed:
             for line in failed.lines():
