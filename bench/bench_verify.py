@@ -41,7 +41,7 @@ def setup_django(tmp: Path) -> None:
 
 
 def median_run_seconds(deployment, runs: int) -> float:
-    from routes.verification.runs import verify_now
+    from routes.verify import verify_now
 
     timings = []
     for _ in range(runs):
@@ -56,9 +56,7 @@ def median_run_seconds(deployment, runs: int) -> float:
 
 def sequential_seed_seconds(deployment) -> float:
     """Run the seed's seven curl requests one after the other, as the guide does."""
-    from routes.verification.checks import CHECKS, SEED_CHECKS
-    from routes.verification.runner import build_context, run_check
-    from routes.verification.runs import load_keys
+    from routes.verify import CHECKS, SEED_CHECKS, build_context, load_keys, run_check
 
     stored = load_keys(deployment)
     ctx = build_context(
@@ -106,10 +104,10 @@ def bench_many(team, count: int) -> bool:
     from django.core.management import call_command
 
     from routes import keys as keyring
+    from routes.destinations import destination_of, host_header
     from routes.models import Deployment, Key, VerificationRun
     from routes.nginx.sandbox import running_nginx
-    from routes.tasks import start_run
-    from routes.verification.destinations import destination_of, host_header
+    from routes.verify import start_run
     from tests.fakes.cpa import FakeCPA
     from tests.fakes.cpamp import FakeCPAMP
     from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, free_port, render_export

@@ -9,12 +9,11 @@ configured key decrypts) and fingerprinted with a keyed HMAC, so reuse is found 
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 CPAMP_ADMIN = "cpamp_admin"
@@ -44,24 +43,9 @@ class DecryptionError(Exception):
     """A stored secret could not be decrypted with any configured key (the value is never shown)."""
 
 
-def fernet(key: str | bytes) -> Fernet:
-    """Return the Fernet of one configured key; ValueError when it is not a Fernet key."""
-    return Fernet(key.encode() if isinstance(key, str) else key)
-
-
 def _fernet() -> MultiFernet:
-    return MultiFernet([fernet(k) for k in settings.CONSOLE_ENCRYPTION_KEYS])
-
-
-@contextmanager
-def _refusing_bad_tokens() -> Iterator[None]:
-    """Turn a token no configured key opens into DecryptionError (which never shows it)."""
-    try:
-        yield
-    except (InvalidToken, ValueError):
-        raise DecryptionError(
-            "the stored key cannot be decrypted with the configured keys"
-        ) from None
+    keys = settings.CONSOLE_ENCRYPTION_KEYS
+    return MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
 
 
 def encrypt(secret: str) -> str:
@@ -71,20 +55,29 @@ def encrypt(secret: str) -> str:
 
 def decrypt(token: str) -> str:
     """Return the clear secret; raise DecryptionError (never with the token or value)."""
-    with _refusing_bad_tokens():
+    try:
         return _fernet().decrypt(token.encode()).decode()
+    except (InvalidToken, ValueError):
+        raise DecryptionError(
+            "the stored key cannot be decrypted with the configured keys"
+        ) from None
 
 
 def reencrypt(token: str) -> str:
     """Return token re-encrypted under the primary key (MultiFernet.rotate)."""
-    with _refusing_bad_tokens():
+    try:
         return _fernet().rotate(token.encode()).decode()
+    except (InvalidToken, ValueError):
+        raise DecryptionError(
+            "the stored key cannot be decrypted with the configured keys"
+        ) from None
 
 
 def is_current(token: str) -> bool:
     """Return True when token decrypts with the primary key alone."""
+    primary = settings.CONSOLE_ENCRYPTION_KEYS[0]
     try:
-        fernet(settings.CONSOLE_ENCRYPTION_KEYS[0]).decrypt(token.encode())
+        Fernet(primary.encode() if isinstance(primary, str) else primary).decrypt(token.encode())
     except (InvalidToken, ValueError):
         return False
     return True
@@ -174,6 +167,13 @@ def check_shape(role: str, secret: str, *, custom_format: bool = False) -> list[
                 )
             )
     return problems
+
+
+def validate_secret(role: str, secret: str, *, custom_format: bool = False) -> None:
+    """Raise ValidationError naming every rule of role that secret breaks."""
+    problems = check_shape(role, secret, custom_format=custom_format)
+    if problems:
+        raise ValidationError([ValidationError(p.message, code=p.code) for p in problems])
 
 
 class ReuseTracker:

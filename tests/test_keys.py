@@ -11,9 +11,9 @@ from django.db import IntegrityError, connection, transaction
 from django.urls import resolve, reverse
 from django.views.debug import SafeExceptionReporterFilter
 
+from routes import actions
 from routes import keys as keyring
 from routes.models import AuditEvent, Deployment, Key, KeyRotation, Team
-from routes.workflows.keys import check_key, delete_key, set_key
 
 ADMIN_NEW = "cpamp_" + "aB3dE5gH" * 4
 ADMIN_OLD = "cmp_admin_" + "A" * 42 + "_"
@@ -80,17 +80,19 @@ def test_every_refusal_names_the_role():
 
 
 def test_check_key_refuses_reuse_across_roles_and_a_second_single_role_key(deployment):
-    set_key(deployment=deployment, role=keyring.CPAMP_ADMIN, secret=ADMIN_NEW)
-    set_key(deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-1")
-    reuse = check_key(deployment=deployment, role=keyring.CPA_API, secret="mgmt-secret-1")
+    actions.set_key(deployment=deployment, role=keyring.CPAMP_ADMIN, secret=ADMIN_NEW)
+    actions.set_key(deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-1")
+    reuse = actions.check_key(deployment=deployment, role=keyring.CPA_API, secret="mgmt-secret-1")
     assert [r.code for r in reuse] == ["reuse"]
     assert "CPA API Key" in reuse[0].message and "CPA Management Key" in reuse[0].message
-    second = check_key(deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-2")
+    second = actions.check_key(
+        deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-2"
+    )
     assert [r.code for r in second] == ["single_role"]
     # Replacing the stored key itself is a rotation, not a second key.
     stored = deployment.keys.get(role=keyring.CPA_MANAGEMENT)
     assert (
-        check_key(
+        actions.check_key(
             deployment=deployment,
             role=keyring.CPA_MANAGEMENT,
             secret="mgmt-secret-2",
@@ -104,8 +106,8 @@ def test_the_same_secret_may_live_in_two_deployments(deployment, team):
     other = Deployment.objects.create(
         slug="other", name="O", team=team, server_name="o.example.com"
     )
-    set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-shared-1234")
-    set_key(deployment=other, role=keyring.CPA_API, secret="sk-shared-1234")
+    actions.set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-shared-1234")
+    actions.set_key(deployment=other, role=keyring.CPA_API, secret="sk-shared-1234")
     assert Key.objects.count() == 2
 
 
@@ -120,8 +122,8 @@ def test_the_database_refuses_a_second_single_role_key(deployment):
 
 
 def test_deleting_a_key_is_recorded_without_its_value(deployment):
-    key = set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-delete-me-1")
-    delete_key(key=key)
+    key = actions.set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-delete-me-1")
+    actions.delete_key(key=key)
     assert not Key.objects.exists()
     event = AuditEvent.objects.get(action="key.delete")
     assert event.changes["secret"] == "changed"
@@ -167,9 +169,9 @@ def store_every_role() -> Deployment:
     deployment = Deployment.objects.create(
         slug="rest", name="Rest", team=team, server_name="rest.example.com"
     )
-    set_key(deployment=deployment, role=keyring.CPA_API, label="ci", secret=ROTATED_AWAY)
+    actions.set_key(deployment=deployment, role=keyring.CPA_API, label="ci", secret=ROTATED_AWAY)
     for role, secret in SECRETS.items():
-        set_key(deployment=deployment, role=role, label="ci", secret=secret)
+        actions.set_key(deployment=deployment, role=role, label="ci", secret=secret)
     assert KeyRotation.objects.count() == 1
     return deployment
 

@@ -8,8 +8,7 @@ import pytest
 
 from routes import keys as keyring
 from routes.models import AuditEvent, CheckResult, VerificationRun
-from routes.verification.checks import SEED_CHECKS
-from routes.verification.runs import execute_run, probe_key, verify_now
+from routes.verify import SEED_CHECKS, execute_run, probe_key, verify_now
 from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, running_stack
 
 pytestmark = [pytest.mark.nginx, pytest.mark.django_db(transaction=True)]
@@ -267,7 +266,7 @@ def test_it_redacts_secrets_echoed_back_in_failures(deployment, caplog):
 
 
 def test_a_run_claimed_twice_is_performed_once(deployment):
-    from routes.verification.runs import create_run
+    from routes.verify import create_run
 
     with running_stack(deployment) as stack:
         run = create_run(deployment=stack.deployment, trigger="manual")
@@ -280,7 +279,7 @@ def test_a_run_claimed_twice_is_performed_once(deployment):
 
 def test_tls_deployments_check_the_redirect_and_the_certificate(deployment):
     with running_stack(deployment, tls=True) as stack:
-        from routes.verification.runs import job_for
+        from routes.verify import job_for
 
         job = job_for(stack.deployment)
         job.verify_tls = False  # self-signed
@@ -330,7 +329,7 @@ def test_test_this_key_records_the_outcome_on_the_key(deployment, role, secret, 
 def test_without_the_gate_the_lane_still_sends_one_refusable_key_at_a_time(deployment):
     # management_config is not enabled, so nothing tells where /v0/management/ goes: the
     # API-key probe goes first, is refused by CPA (misrouted), and cpa_direct is held back.
-    from routes.verification.runs import job_for
+    from routes.verify import job_for
 
     keys = {keyring.CPA_API: API_KEY, keyring.CPA_MANAGEMENT: "cpa-mgmt-stale-0000000"}
     overrides = (("prefix", "/v0/management/", "cpa"),)
@@ -349,7 +348,7 @@ def test_without_the_gate_the_lane_still_sends_one_refusable_key_at_a_time(deplo
 
 
 def test_it_names_a_timeout_and_holds_back_the_other_management_probes(deployment):
-    from routes.verification.runs import job_for
+    from routes.verify import job_for
 
     with running_stack(deployment, delay=0.6) as stack:
         job = job_for(stack.deployment)

@@ -19,10 +19,9 @@ from functools import lru_cache
 from django.utils.translation import gettext as _
 
 from routes import validators as v
-from routes.models import Deployment, RouteOverride
 from routes.nginx import boundaries as b
 from routes.nginx.regexes import RegexTimeout
-from routes.nginx.render import Location, chosen_overrides, effective_locations
+from routes.nginx.render import Location, effective_locations, enabled_overrides
 from routes.nginx.simulate import Router, Simulation
 
 _REGEX_META = re.compile(r"[.^$*+?()\[\]{}|\\]")
@@ -42,6 +41,9 @@ class LintWarning:
         return f"{self.message} [{self.code}]"
 
 
+Warning = LintWarning  # the name other modules use (routes.nginx.lint.Warning)
+
+
 def _label(match: str, path: str) -> str:
     return f"{b.MODIFIERS[match]} {path}"
 
@@ -50,11 +52,12 @@ def _loc_label(location: Location) -> str:
     return f"location {location.display}"
 
 
-def lint(
-    deployment: Deployment, overrides: Sequence[RouteOverride] | None = None
-) -> list[LintWarning]:
+def lint(deployment, overrides: Sequence | None = None) -> list[LintWarning]:
     """Return the warnings for the deployment and its enabled overrides, in a stable order."""
-    overrides = chosen_overrides(deployment, overrides)
+    if overrides is None:
+        overrides = enabled_overrides(deployment)
+    else:
+        overrides = [o for o in overrides if o.enabled]
     router = Router(effective_locations(deployment, overrides))
     warnings: list[LintWarning] = []
     warnings += _boundaries(deployment, overrides, router)
@@ -68,7 +71,7 @@ def lint(
     return warnings
 
 
-def _samples(overrides: Sequence[RouteOverride]) -> list[str]:
+def _samples(overrides) -> list[str]:
     """Return request paths worth checking: the seed's own samples, then each override's."""
     samples: list[str] = []
     for route in b.BUILTIN_ROUTES:
@@ -86,7 +89,7 @@ def _samples(overrides: Sequence[RouteOverride]) -> list[str]:
     return list(dict.fromkeys(samples))
 
 
-def _may_touch(overrides: Sequence[RouteOverride], sample: str, router: Router) -> bool:
+def _may_touch(overrides, sample: str, router: Router) -> bool:
     """Return whether some override can change where nginx sends sample (a normalised path)."""
     for override in overrides:
         path = override.path
@@ -115,10 +118,16 @@ def _owner(location: Location | None) -> b.Route | None:
     return b.BUILTIN_BY_KEY.get((location.match, location.path))
 
 
+class _Mode:
+    """Just enough of a deployment for effective_locations() of the override-free seed."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+
 @lru_cache(maxsize=4)
 def _baseline_router(mode: str) -> Router:
-    # An unsaved deployment: without overrides the locations depend on the mode alone.
-    return Router(effective_locations(Deployment(mode=mode), []))
+    return Router(effective_locations(_Mode(mode), []))
 
 
 @lru_cache(maxsize=2048)
@@ -127,9 +136,7 @@ def _baseline(mode: str, sample: str) -> Simulation:
     return _baseline_router(mode).simulate(sample)
 
 
-def _boundaries(
-    deployment: Deployment, overrides: Sequence[RouteOverride], router: Router
-) -> list[LintWarning]:
+def _boundaries(deployment, overrides, router: Router) -> list[LintWarning]:
     found: list[LintWarning] = []
     seen: set[tuple[str, str, str]] = set()
     for sample in _samples(overrides):
@@ -185,7 +192,7 @@ def _boundaries(
     return found
 
 
-def _exact_without_prefix(overrides: Sequence[RouteOverride]) -> list[LintWarning]:
+def _exact_without_prefix(overrides) -> list[LintWarning]:
     found = []
     prefixes = {r.path for r in b.BUILTIN_ROUTES if r.match == b.PREFIX}
     for override in overrides:
@@ -208,7 +215,7 @@ def _exact_without_prefix(overrides: Sequence[RouteOverride]) -> list[LintWarnin
     return found
 
 
-def _unreachable_paths(overrides: Sequence[RouteOverride]) -> list[LintWarning]:
+def _unreachable_paths(overrides) -> list[LintWarning]:
     found = []
     for override in overrides:
         if override.match not in (b.EXACT, b.PREFIX):
@@ -309,7 +316,7 @@ def _slow_regexes(router: Router) -> list[LintWarning]:
     return found
 
 
-def _panel_mode(deployment: Deployment, overrides: Sequence[RouteOverride]) -> list[LintWarning]:
+def _panel_mode(deployment, overrides) -> list[LintWarning]:
     if deployment.mode != "cpa_panel":
         return []
     return [
@@ -327,7 +334,7 @@ def _panel_mode(deployment: Deployment, overrides: Sequence[RouteOverride]) -> l
     ]
 
 
-def _upstreams(deployment: Deployment) -> list[LintWarning]:
+def _upstreams(deployment) -> list[LintWarning]:
     found = []
     for field, target in (("cpa_upstream", b.CPA), ("cpamp_upstream", b.CPAMP)):
         value = getattr(deployment, field)
@@ -355,7 +362,7 @@ def _upstreams(deployment: Deployment) -> list[LintWarning]:
     return found
 
 
-def _server_name(deployment: Deployment) -> list[LintWarning]:
+def _server_name(deployment) -> list[LintWarning]:
     if len(deployment.server_name or "") <= _BUCKET_SAFE_LENGTH:
         return []
     return [

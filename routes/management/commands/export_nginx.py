@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import Deployment, Team
 from routes.nginx.export import (
     ExportError,
@@ -21,11 +19,10 @@ from routes.nginx.export import (
     render_files,
     write_export,
 )
-from routes.nginx.lint import LintWarning
 from routes.nginx.render import InvalidDeployment, site_filename
 
 
-class Command(ConsoleCommand):
+class Command(BaseCommand):
     help = "Write the nginx configs of deployments into a directory (like conf.d) or to stdout."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -33,7 +30,7 @@ class Command(ConsoleCommand):
         parser.add_argument(
             "--all", action="store_true", help="Export every deployment (of --team, if given)."
         )
-        add_team_argument(parser, help_text="With --all: only this team's.")
+        parser.add_argument("--team", metavar="SLUG", help="With --all: only this team's.")
         parser.add_argument(
             "--output-dir",
             metavar="DIR",
@@ -57,7 +54,7 @@ class Command(ConsoleCommand):
             help="Also write docker-compose.<slug>.yml, the seed's docker-compose file.",
         )
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(self, *args, **options) -> None:
         deployments, team = self._select(options)
         if options["to_stdout"]:
             self._print(deployments, check=options["check"])
@@ -104,7 +101,7 @@ class Command(ConsoleCommand):
         if result.check is not None:
             self.stdout.write(_("nginx -t: ok. %(output)s") % {"output": result.check.output})
 
-    def _select(self, options: dict[str, Any]) -> tuple[list[Deployment], Team | None]:
+    def _select(self, options) -> tuple[list[Deployment], Team | None]:
         slugs, everything, team_slug = options["slugs"], options["all"], options["team"]
         if everything and slugs:
             raise CommandError(_("Give deployment slugs or --all, not both."))
@@ -119,9 +116,12 @@ class Command(ConsoleCommand):
                 _("--stdout prints the files; it cannot be combined with --output-dir.")
             )
         queryset = Deployment.objects.order_by("slug")
+        team = None
         if everything:
-            team = resolve_team(team_slug)
-            if team is not None:
+            if team_slug:
+                team = Team.objects.filter(slug=team_slug).first()
+                if team is None:
+                    raise CommandError(_("Unknown team: %(slug)s") % {"slug": team_slug})
                 queryset = queryset.filter(team=team)
             return prepared(queryset), team
         found = prepared(queryset.filter(slug__in=slugs))
@@ -130,7 +130,7 @@ class Command(ConsoleCommand):
             raise CommandError(_("Unknown deployment: %(slugs)s") % {"slugs": ", ".join(missing)})
         return found, None
 
-    def _warn(self, warnings: list[tuple[str, LintWarning]]) -> None:
+    def _warn(self, warnings) -> None:
         for slug, warning in warnings:
             prefix = f"{slug}: " if slug else ""
             self.stderr.write(_("warning: %(warning)s") % {"warning": f"{prefix}{warning}"})

@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
-from routes import portable
-from routes.management.base import ConsoleCommand, add_team_argument
-from routes.workflows.memberships import find_user
+from routes import actions, portable
 
 
-class Command(ConsoleCommand):
+class Command(BaseCommand):
     help = "Import deployments from a JSON file (or - for stdin), all or nothing."
 
-    def add_arguments(self, parser: CommandParser) -> None:
+    def add_arguments(self, parser) -> None:
         parser.add_argument("file", help="Path of the JSON file, or - to read stdin.")
         parser.add_argument(
             "--update",
             action="store_true",
             help="Replace deployments whose slug exists (their overrides become the file's).",
         )
-        add_team_argument(parser, help_text="Put every imported deployment in this team.")
+        parser.add_argument(
+            "--team", metavar="SLUG", help="Put every imported deployment in this team."
+        )
         parser.add_argument(
             "--as",
             dest="as_user",
@@ -36,11 +35,11 @@ class Command(ConsoleCommand):
             ),
         )
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(self, *args, **options) -> None:
         as_user = None
         if options["as_user"]:
             try:
-                as_user = find_user(username=options["as_user"])
+                as_user = actions.find_user(options["as_user"])
             except ValidationError as exc:
                 raise CommandError(f"--as: {' '.join(exc.messages)}") from None
         source = options["file"]

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import getpass
 import sys
-from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
+from routes import actions
 from routes import keys as keyring
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import Deployment
-from routes.workflows.keys import set_key
 
 
-class Command(ConsoleCommand):
+class Command(BaseCommand):
     help = "Set a deployment key from stdin; replacing a single-role key is a recorded rotation."
 
-    def add_arguments(self, parser: CommandParser) -> None:
+    def add_arguments(self, parser) -> None:
         parser.add_argument("slug", metavar="SLUG", help="The deployment's slug, e.g. prod.")
         parser.add_argument(
             "role",
@@ -35,18 +33,19 @@ class Command(ConsoleCommand):
             action="store_true",
             help="Accept a CPAMP Admin Key in a format of your own (CPA_MANAGER_ADMIN_KEY).",
         )
-        add_team_argument(parser, help_text="Refuse unless the deployment belongs to this team.")
+        parser.add_argument(
+            "--team", metavar="SLUG", help="Refuse unless the deployment belongs to this team."
+        )
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        team = resolve_team(options["team"])
+    def handle(self, *args, **options) -> None:
         rows = Deployment.objects.filter(slug=options["slug"])
-        if team is not None:
-            rows = rows.filter(team=team)
+        if options["team"]:
+            rows = rows.filter(team__slug=options["team"])
         deployment = rows.first()
         if deployment is None:
             message = (
                 _("%(slug)s: no such deployment in team %(team)s.")
-                if team is not None
+                if options["team"]
                 else _("%(slug)s: no such deployment.")
             )
             raise CommandError(message % {"slug": options["slug"], "team": options["team"]})
@@ -54,7 +53,7 @@ class Command(ConsoleCommand):
         if not secret:
             raise CommandError(_("secret: nothing was read from stdin."))
         try:
-            key = set_key(
+            key = actions.set_key(
                 deployment=deployment,
                 role=options["role"],
                 secret=secret,

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError
 
-from routes import tasks
 from routes import validators as v
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
-from routes.models import Deployment, Team, VerificationRun
-from routes.verification import runs
+from routes import verify
+from routes.models import Deployment, Team
 
 USAGE_ERROR = 2
 
 
-class Command(ConsoleCommand):
+class Command(BaseCommand):
     help = "Run the verification checks of deployments now (exit 0 passed, 1 failed, 2 usage)."
 
-    def add_arguments(self, parser: CommandParser) -> None:
+    def add_arguments(self, parser) -> None:
         parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployment slugs to verify.")
         parser.add_argument(
             "--json", action="store_true", help="Print JSON (one object per deployment)."
@@ -40,22 +37,22 @@ class Command(ConsoleCommand):
             action="store_true",
             help="Enqueue every scheduled job whose interval has passed (for cron or a timer).",
         )
-        add_team_argument(parser, help_text="Only deployments of this team (slug).")
+        parser.add_argument("--team", help="Only deployments of this team (slug).")
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        team = resolve_team(options["team"], returncode=USAGE_ERROR)
+    def handle(self, *args, **options) -> None:
+        team = self._team(options["team"])
         if options["due"]:
             if options["slugs"] or options["base_url"] or options["insecure"]:
                 raise CommandError(
                     "--due enqueues scheduled jobs; it takes no SLUG, --base-url or --insecure.",
                     returncode=USAGE_ERROR,
                 )
-            enqueued = tasks.enqueue_due(team=team)
+            runs = verify.enqueue_due(team=team)
             if options["json"]:
-                payload = [{"deployment": r.job.deployment.slug, "run": r.pk} for r in enqueued]
+                payload = [{"deployment": r.job.deployment.slug, "run": r.pk} for r in runs]
                 self.stdout.write(json.dumps({"enqueued": payload}))
             else:
-                self.stdout.write(f"Enqueued {len(enqueued)} scheduled verification run(s).")
+                self.stdout.write(f"Enqueued {len(runs)} scheduled verification run(s).")
             return
         if not options["slugs"]:
             raise CommandError(
@@ -74,20 +71,27 @@ class Command(ConsoleCommand):
         for deployment in deployments:
             # Whoever runs a command holds the server and its encryption keys, like an owner:
             # keys may go to the origin they name here, for this run only.
-            run = runs.verify_now(
+            run = verify.verify_now(
                 deployment=deployment,
                 base_url=base_url,
                 insecure=options["insecure"],
                 trust_base_url=True,
             )
-            tasks.queue_notifications(run)  # a change of state is sent by the task worker
-            all_passed &= run.status == runs.Status.PASSED
+            all_passed &= run.status == verify.Status.PASSED
             if options["json"]:
-                self.stdout.write(json.dumps(runs.run_as_json(run)))
+                self.stdout.write(json.dumps(verify.run_as_json(run)))
             else:
                 self._table(run)
         if not all_passed:
             raise SystemExit(1)
+
+    def _team(self, slug: str | None) -> Team | None:
+        if not slug:
+            return None
+        team = Team.objects.filter(slug=slug).first()
+        if team is None:
+            raise CommandError(f"--team: no team with slug {slug!r}.", returncode=USAGE_ERROR)
+        return team
 
     def _deployments(self, slugs: list[str], team: Team | None) -> list[Deployment]:
         found = {d.slug: d for d in Deployment.objects.filter(slug__in=slugs)}
@@ -105,9 +109,9 @@ class Command(ConsoleCommand):
         # Each slug once, in the order given.
         return [found[s] for s in dict.fromkeys(slugs)]
 
-    def _table(self, run: VerificationRun) -> None:
-        data = runs.run_as_json(run)
-        style = self.style.SUCCESS if run.status == runs.Status.PASSED else self.style.ERROR
+    def _table(self, run) -> None:
+        data = verify.run_as_json(run)
+        style = self.style.SUCCESS if run.status == verify.Status.PASSED else self.style.ERROR
         self.stdout.write(
             style(
                 f"{data['deployment']}: run #{data['run']} {data['status']} in "

@@ -1,10 +1,9 @@
-"""Stored verification: jobs and runs as rows, claimed and executed by a worker, kept as history.
+"""Verification jobs and runs: the seed's checks stored, run in the background, kept as history.
 
-A run is created queued (create_run; routes/tasks.py queues it), claimed by one worker with a
-conditional update (execute_run), and its results are stored as they arrive. Runs whose worker
-died are swept (sweep_stale_runs) by the worker and the scheduler, never by a page view. This
-module also answers the scheduling queries, prunes old runs, probes single keys and feeds the
-admin its data (never its HTML).
+The checks and the parallel runner live in routes/verify_checks.py and the HTTP seam in
+routes/probes.py (the only code that sends HTTP to deployments); this module turns them into
+VerificationRun and CheckResult rows, enqueues runs on the task worker, probes single keys, and
+feeds the admin.
 """
 
 from __future__ import annotations
@@ -15,25 +14,34 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
-from routes import audit
+from routes import audit, destinations
 from routes import keys as keyring
 from routes import validators as v
-from routes.context import current_actor
-from routes.models import CheckResult, Deployment, Key, Team, VerificationJob, VerificationRun
-from routes.verification import destinations
-from routes.verification.checks import CHECKS, Check, key_probes, plan_checks
-from routes.verification.http import Redactor
-from routes.verification.outcomes import CheckOutcome
-from routes.verification.runner import build_context, run_budget, run_checks
+from routes.models import CheckResult, Deployment, Key, VerificationJob, VerificationRun
+from routes.verify_checks import (  # noqa: F401 - re-exported: the contract names them here
+    CHECKS,
+    NEGATIVE_CHECKS,
+    SEED_CHECKS,
+    Check,
+    CheckOutcome,
+    Redactor,
+    build_context,
+    plan_checks,
+    run_budget,
+    run_check,
+    run_checks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,26 +90,18 @@ def planned_checks(job: VerificationJob) -> list[Check]:
     return plan_checks(job.deployment, roles=set(roles), enabled=job.enabled_checks or ())
 
 
-def _timeout(job: VerificationJob) -> float:
-    return float(job.timeout_seconds or 10.0)
-
-
 def run_deadline(job: VerificationJob, *, started_at: dt.datetime) -> dt.datetime:
     """Return when a run of job started at started_at has ended its checks, at the latest."""
-    budget = run_budget(planned_checks(job), timeout=_timeout(job))
+    budget = run_budget(planned_checks(job), timeout=float(job.timeout_seconds or 10.0))
     return started_at + dt.timedelta(seconds=budget)
 
 
-# --- stale runs -----------------------------------------------------------------------------
-
-
-def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
+def mark_stale_runs(*, now: dt.datetime | None = None) -> int:
     """Mark runs still running past their deadline and a grace period as error; return how many.
 
     The deadline stored at claim time is when run_checks gives up, so a live worker is done by
     then; CONSOLE_RUN_STALE_AFTER is the grace for storing its results. A run claimed without a
-    stored deadline (before there was one) counts from its start. Called by the worker before
-    each run and by the scheduler (``verify --due``), never by a page view.
+    stored deadline (before there was one) counts from its start.
     """
     now = now or timezone.now()
     grace = settings.CONSOLE_RUN_STALE_AFTER
@@ -134,21 +134,19 @@ def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
     return marked
 
 
-# --- creating and executing runs ------------------------------------------------------------
-
-
 def create_run(
-    *, deployment: Deployment, trigger: str, base_url: str | None = None
+    *,
+    deployment: Deployment,
+    trigger: str,
+    actor=None,
+    base_url: str | None = None,
 ) -> VerificationRun:
-    """Create a queued run of deployment's job for the acting user (the job is created if missing).
-
-    Queue it with routes.tasks.queue_run, or perform it here with execute_run.
-    """
+    """Create a queued run of deployment's job (the job is created if missing)."""
     job = job_for(deployment)
     return VerificationRun.objects.create(
         job=job,
         trigger=trigger,
-        triggered_by=current_actor(),
+        triggered_by=actor if getattr(actor, "is_authenticated", False) else None,
         base_url=(base_url or job.effective_base_url).rstrip("/"),
     )
 
@@ -167,6 +165,37 @@ def _origin_problem(base_url: str) -> str:
             "reason": " ".join(exc.messages),
         }
     return ""
+
+
+def _enqueue(run_id: int, insecure: bool) -> None:
+    from routes.tasks import run_verification
+
+    try:
+        result = run_verification.enqueue(run_id, insecure)
+    except Exception as exc:  # the queue itself failed: the run must not stay queued forever
+        logger.exception("could not enqueue verification run %s", run_id)
+        VerificationRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
+            status=Status.ERROR,
+            finished_at=timezone.now(),
+            error=_("Could not queue the run: %(error)s") % {"error": type(exc).__name__},
+        )
+        return
+    VerificationRun.objects.filter(pk=run_id).update(task_id=str(result.id)[:64])
+
+
+def start_run(
+    *,
+    deployment: Deployment,
+    trigger: str,
+    actor=None,
+    base_url: str | None = None,
+    insecure: bool = False,
+) -> VerificationRun:
+    """Create a queued run and enqueue it on the task worker once the transaction commits."""
+    mark_stale_runs()
+    run = create_run(deployment=deployment, trigger=trigger, actor=actor, base_url=base_url)
+    transaction.on_commit(partial(_enqueue, run.pk, insecure))
+    return run
 
 
 def _store(run: VerificationRun, outcomes: list[CheckOutcome]) -> None:
@@ -189,20 +218,6 @@ def _store(run: VerificationRun, outcomes: list[CheckOutcome]) -> None:
         )
         for outcome in outcomes
     )
-
-
-def _notes(stored: StoredKeys, outcomes: list[CheckOutcome]) -> str:
-    """Return the run's remarks: keys left out, and destinations keys were held back from."""
-    notes = []
-    if stored.unreadable:
-        notes.append(
-            _("Keys that cannot be decrypted were left out: %(roles)s.")
-            % {"roles": ", ".join(sorted(set(stored.unreadable)))}
-        )
-    withheld = sorted({o.details["origin"] for o in outcomes if o.details.get("keys_withheld")})
-    if withheld:
-        notes.append(destinations.pending_message(withheld))
-    return " ".join(notes)
 
 
 def execute_run(
@@ -239,7 +254,7 @@ def execute_run(
             deployment,
             base_url=base_url,
             verify_tls=job.verify_tls if verify_tls is None else verify_tls,
-            timeout=_timeout(job),
+            timeout=float(job.timeout_seconds or 10.0),
             keys=stored.by_role,
             secrets=stored.secrets,
             key_origins=[*destinations.confirmed_origins(deployment), *extra_key_origins],
@@ -249,7 +264,16 @@ def execute_run(
         outcomes = run_checks(ctx, plan, on_results=partial(_store, run))
         failed = [o.check_id for o in outcomes if not o.passed]
         status = Status.FAILED if failed else Status.PASSED
-        error = _notes(stored, outcomes)
+        notes = []
+        if stored.unreadable:
+            notes.append(
+                _("Keys that cannot be decrypted were left out: %(roles)s.")
+                % {"roles": ", ".join(sorted(set(stored.unreadable)))}
+            )
+        withheld = sorted({o.details["origin"] for o in outcomes if o.details.get("keys_withheld")})
+        if withheld:
+            notes.append(destinations.pending_message(withheld))
+        error = " ".join(notes)
     except _RefusedBaseURL as exc:
         status = Status.ERROR
         error = str(exc)[:500]
@@ -282,6 +306,7 @@ def verify_now(
     *,
     deployment: Deployment,
     trigger: str = Trigger.COMMAND,
+    actor=None,
     base_url: str | None = None,
     insecure: bool = False,
     trust_base_url: bool = False,
@@ -291,7 +316,8 @@ def verify_now(
     trust_base_url: base_url was chosen by someone who counts as an owner (the server
     administrator running the command), so keys may go there for this run.
     """
-    run = create_run(deployment=deployment, trigger=trigger, base_url=base_url)
+    mark_stale_runs()
+    run = create_run(deployment=deployment, trigger=trigger, actor=actor, base_url=base_url)
     extra = []
     if base_url and trust_base_url:
         base_url = base_url.rstrip("/")
@@ -300,10 +326,7 @@ def verify_now(
     return execute_run(run=run, verify_tls=False if insecure else None, extra_key_origins=extra)
 
 
-# --- scheduling and pruning -----------------------------------------------------------------
-
-
-def due_jobs(*, now: dt.datetime | None = None, team: Team | None = None) -> list[VerificationJob]:
+def due_jobs(*, now: dt.datetime | None = None, team=None) -> list[VerificationJob]:
     """Return scheduled jobs whose interval has passed and that have no run in progress."""
     now = now or timezone.now()
     jobs = VerificationJob.objects.filter(interval_minutes__isnull=False).select_related(
@@ -317,37 +340,29 @@ def due_jobs(*, now: dt.datetime | None = None, team: Team | None = None) -> lis
     due = []
     for job in jobs.exclude(pk__in=busy):
         last = job.last_enqueued_at
-        interval = job.interval_minutes or 0
-        if last is None or last + dt.timedelta(minutes=interval) <= now:
+        if last is None or last + dt.timedelta(minutes=job.interval_minutes) <= now:
             due.append(job)
     return due
 
 
-def claim_due_runs(
-    *, now: dt.datetime | None = None, team: Team | None = None
-) -> list[VerificationRun]:
-    """Create a queued scheduled run for every due job; return them, for the caller to queue.
-
-    Stale runs are swept first, so a dead worker's run does not keep its job busy forever.
-    """
+def enqueue_due(*, now: dt.datetime | None = None, team=None) -> list[VerificationRun]:
+    """Enqueue a scheduled run for every due job (``verify --due``); return the runs."""
     now = now or timezone.now()
-    sweep_stale_runs(now=now)
+    mark_stale_runs(now=now)
     runs = []
     for job in due_jobs(now=now, team=team):
-        # Claim with a conditional update, so two overlapping cron calls create one run.
+        # Claim with a conditional update, so two overlapping cron calls enqueue once.
         claimed = VerificationJob.objects.filter(
             pk=job.pk, last_enqueued_at=job.last_enqueued_at
         ).update(last_enqueued_at=now)
-        if claimed:
-            runs.append(
-                VerificationRun.objects.create(
-                    job=job, trigger=Trigger.SCHEDULED, base_url=job.effective_base_url.rstrip("/")
-                )
-            )
+        if not claimed:
+            continue
+        with transaction.atomic():
+            runs.append(start_run(deployment=job.deployment, trigger=Trigger.SCHEDULED))
     return runs
 
 
-def prune_runs(*, keep: int | None = None, team: Team | None = None) -> int:
+def prune_runs(*, keep: int | None = None, team=None) -> int:
     """Delete finished runs beyond the newest `keep` of each job; return how many were deleted."""
     keep = settings.CONSOLE_RUNS_KEPT if keep is None else keep
     jobs = VerificationJob.objects.all()
@@ -364,10 +379,7 @@ def prune_runs(*, keep: int | None = None, team: Team | None = None) -> int:
     return deleted
 
 
-# --- reading runs ---------------------------------------------------------------------------
-
-
-def run_as_json(run: VerificationRun) -> dict[str, Any]:
+def run_as_json(run: VerificationRun) -> dict:
     """Return the run as `manage.py verify --json` prints it (a contract)."""
     checks = [
         CheckOutcome(
@@ -393,8 +405,11 @@ def run_as_json(run: VerificationRun) -> dict[str, Any]:
     }
 
 
-def progress(run: VerificationRun) -> dict[str, Any]:
+def progress(run: VerificationRun) -> dict:
     """Return the small JSON the verify page polls: status, checks done and their results."""
+    if run.status in (Status.QUEUED, Status.RUNNING):
+        mark_stale_runs()
+        run.refresh_from_db()
     results = list(run.results.all())
     total = len(planned_checks(run.job)) if run.status not in FINISHED else len(results)
     return {
@@ -426,7 +441,114 @@ def progress(run: VerificationRun) -> dict[str, Any]:
     }
 
 
-def annotate_last_run(queryset: QuerySet[Deployment]) -> QuerySet[Deployment]:
+# --- single-key probes ----------------------------------------------------------------------
+
+# Each role's probes: the positive one first, then the negative one (reference 1.3, 1.4, 2.2).
+KEY_PROBES = {
+    keyring.CPA_API: ("api_models", "management_refuses_api_key"),
+    keyring.CPAMP_ADMIN: ("management_config", "api_refuses_admin_key"),
+    keyring.CPA_MANAGEMENT: ("cpa_direct",),
+}
+
+
+@dataclass
+class KeyProbe:
+    """The outcome of "Test this key": ok is None when the key could not be tried."""
+
+    key_id: int
+    ok: bool | None
+    detail: str
+    outcomes: list[CheckOutcome] = field(default_factory=list)
+
+
+def probe_key(*, key: Key, actor=None) -> KeyProbe:
+    """Run the role's positive and negative probes with this key; record the outcome on it.
+
+    The key is sent only to an origin an owner confirmed; otherwise nothing is sent.
+    """
+    deployment = key.deployment
+    job = job_for(deployment)
+    refused = _origin_problem(job.effective_base_url)
+    if refused:
+        return _finish_probe(key, actor, None, refused, [])
+    confirmed = destinations.confirmed_origins(deployment)
+    base = job.effective_base_url
+    for check_id in KEY_PROBES.get(key.role, ()):
+        if check_id == "cpa_direct":
+            url, host = deployment.cpamp_cpa_url, ""
+        else:
+            url, host = base, destinations.host_header(base, deployment.server_name)
+        origin = destinations.destination_of(url, host)
+        if url and origin not in confirmed:
+            return _finish_probe(key, actor, None, destinations.withheld_message(origin), [])
+    try:
+        secret = key.reveal()
+    except keyring.DecryptionError:
+        return _finish_probe(
+            key, actor, None, _("The key cannot be decrypted with the configured keys."), []
+        )
+    stored = load_keys(deployment, prefer=key)
+    keys = {key.role: secret}
+    # The other role of a pair is needed for nothing else: each probe sends only this key.
+    ctx = build_context(
+        deployment,
+        base_url=job.effective_base_url,
+        verify_tls=job.verify_tls,
+        timeout=float(job.timeout_seconds or 10.0),
+        keys=keys,
+        secrets=[secret, *stored.secrets],
+        key_origins=confirmed,
+    )
+    plan = [
+        CHECKS[check_id]
+        for check_id in KEY_PROBES.get(key.role, ())
+        if not (check_id == "cpa_direct" and not deployment.cpamp_cpa_url)
+    ]
+    outcomes = run_checks(ctx, plan)
+    skipped = [o for o in outcomes if o.details.get("skipped")]
+    if not outcomes or len(skipped) == len(outcomes):
+        ok = None
+        detail = (
+            skipped[0].diagnosis
+            if skipped
+            else _("No probe applies to this key (set the deployment's CPA URL).")
+        )
+    else:
+        ok = all(o.passed for o in outcomes if not o.details.get("skipped"))
+        lines = []
+        for o in outcomes:
+            mark = _("passed") if o.passed else _("failed")
+            lines.append(f"{o.check_id}: {mark} ({o.status_code or '-'})")
+            if o.diagnosis and not o.passed:
+                lines.append(o.diagnosis)
+        detail = "\n".join(lines)
+    return _finish_probe(key, actor, ok, ctx.redact(detail), outcomes)
+
+
+def _finish_probe(key: Key, actor, ok: bool | None, detail: str, outcomes) -> KeyProbe:
+    now = timezone.now()
+    Key.objects.filter(pk=key.pk).update(
+        last_validated_at=now, last_validation_ok=ok, last_validation_detail=detail[:2000]
+    )
+    key.last_validated_at, key.last_validation_ok, key.last_validation_detail = now, ok, detail
+    audit.record(
+        action="key.test",
+        actor=actor,
+        team=key.deployment.team_id,
+        obj=key,
+        object_repr=f"{key.deployment.slug} {key.get_role_display()} {key.masked}",
+        changes={
+            "result": {True: "passed", False: "failed", None: "not tried"}[ok],
+            "checks": {o.check_id: o.passed for o in outcomes},
+        },
+    )
+    return KeyProbe(key_id=key.pk, ok=ok, detail=detail, outcomes=outcomes)
+
+
+# --- admin helpers --------------------------------------------------------------------------
+
+
+def annotate_last_run(queryset: QuerySet) -> QuerySet:
     """Annotate deployments with last_run_status and last_run_at (for the changelist)."""
     latest = VerificationRun.objects.filter(job__deployment=OuterRef("pk")).order_by(
         "-created_at", "-id"
@@ -448,98 +570,9 @@ def recent_runs(deployment: Deployment, *, limit: int = 10) -> list[Verification
     )
 
 
-# --- single-key probes ----------------------------------------------------------------------
-
-
-@dataclass
-class KeyProbe:
-    """The outcome of "Test this key": ok is None when the key could not be tried."""
-
-    key_id: int
-    ok: bool | None
-    detail: str
-    outcomes: list[CheckOutcome] = field(default_factory=list)
-
-
-def _unsent_reason(key: Key, job: VerificationJob, plan: list[Check]) -> str:
-    """Return why key may not be sent for its probes (base URL, unconfirmed origin), or ""."""
-    refused = _origin_problem(job.effective_base_url)
-    if refused:
-        return refused
-    confirmed = destinations.confirmed_origins(key.deployment)
-    for check in plan:
-        origin = check.target.destination(
-            deployment=key.deployment, base_url=job.effective_base_url
-        )
-        if origin not in confirmed:
-            return destinations.withheld_message(origin)
-    return ""
-
-
-def _summary(outcomes: list[CheckOutcome]) -> tuple[bool | None, str]:
-    """Return (ok, detail) of a key's probes: ok is None when none was tried."""
-    skipped = [o for o in outcomes if o.details.get("skipped")]
-    if not outcomes or len(skipped) == len(outcomes):
-        if skipped:
-            return None, skipped[0].diagnosis
-        return None, _("No probe applies to this key (set the deployment's CPA URL).")
-    lines = []
-    for o in outcomes:
-        mark = _("passed") if o.passed else _("failed")
-        lines.append(f"{o.check_id}: {mark} ({o.status_code or '-'})")
-        if o.diagnosis and not o.passed:
-            lines.append(o.diagnosis)
-    return all(o.passed for o in outcomes if not o.details.get("skipped")), "\n".join(lines)
-
-
-def probe_key(*, key: Key) -> KeyProbe:
-    """Run the role's positive and negative probes with this key; record the outcome on it.
-
-    The key is sent only to an origin an owner confirmed; otherwise nothing is sent. The test
-    is recorded as the acting user's.
-    """
-    deployment = key.deployment
-    job = job_for(deployment)
-    plan = key_probes(deployment, key.role)
-    unsent = _unsent_reason(key, job, plan)
-    if unsent:
-        return _finish_probe(key, None, unsent, [])
-    try:
-        secret = key.reveal()
-    except keyring.DecryptionError:
-        return _finish_probe(
-            key, None, _("The key cannot be decrypted with the configured keys."), []
-        )
-    stored = load_keys(deployment, prefer=key)
-    # The other role of a pair is needed for nothing else: each probe sends only this key.
-    ctx = build_context(
-        deployment,
-        base_url=job.effective_base_url,
-        verify_tls=job.verify_tls,
-        timeout=_timeout(job),
-        keys={key.role: secret},
-        secrets=[secret, *stored.secrets],
-        key_origins=destinations.confirmed_origins(deployment),
+def recent_runs_html(deployment: Deployment, *, limit: int = 10) -> SafeString:
+    """Return the deployment page's strip of recent runs (autoescaped template)."""
+    return render_to_string(
+        "admin/routes/verification/recent_runs.html",
+        {"deployment": deployment, "runs": recent_runs(deployment, limit=limit)},
     )
-    outcomes = run_checks(ctx, plan)
-    ok, detail = _summary(outcomes)
-    return _finish_probe(key, ok, ctx.redact(detail), outcomes)
-
-
-def _finish_probe(key: Key, ok: bool | None, detail: str, outcomes: list[CheckOutcome]) -> KeyProbe:
-    now = timezone.now()
-    Key.objects.filter(pk=key.pk).update(
-        last_validated_at=now, last_validation_ok=ok, last_validation_detail=detail[:2000]
-    )
-    key.last_validated_at, key.last_validation_ok, key.last_validation_detail = now, ok, detail
-    audit.record(
-        action="key.test",
-        team=key.deployment.team_id,
-        obj=key,
-        object_repr=f"{key.deployment.slug} {key.get_role_display()} {key.masked}",
-        changes={
-            "result": {True: "passed", False: "failed", None: "not tried"}[ok],
-            "checks": {o.check_id: o.passed for o in outcomes},
-        },
-    )
-    return KeyProbe(key_id=key.pk, ok=ok, detail=detail, outcomes=outcomes)
