@@ -58,9 +58,11 @@ test: $(VENV)/.dev-installed system-deps
 test-fast: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -x -m "not browser and not slow" $(PYTEST_ARGS)
 
+## make lint: ruff (rules and format) and mypy with django-stubs over the tree in pyproject.toml.
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

@@ -5,9 +5,10 @@ a throwaway SQLite database and data directory, the CPA/CPAMP emulators of tests
 nginx serving the exported configs on 127.0.0.1.
 
 1. With emulators that hold every answer for D seconds, one run of all checks costs at most 2·D
-   more than with no delay (one parallel wave, plus the management probes that wait for the
-   first one's answer so that CPA never sees two refused keys). The seed's curl list run in order
-   costs at least 7·D; that reference is measured too.
+   more than with no delay: one wave (the pool has a worker for every check), plus the probes
+   the management lane holds until management_config has answered (request_monitoring,
+   cpa_direct, the API-key probe), so that CPA never sees two refused keys. The seed's curl list
+   run in order costs at least 7·D; that reference is measured too.
 2. N deployments, all behind one nginx and the same emulators, are each verified by one
    `manage.py db_worker --batch` process: total and per-run time.
 """
@@ -41,7 +42,7 @@ def setup_django(tmp: Path) -> None:
 
 
 def median_run_seconds(deployment, runs: int) -> float:
-    from routes.verify import verify_now
+    from routes.verification.runs import verify_now
 
     timings = []
     for _ in range(runs):
@@ -56,7 +57,9 @@ def median_run_seconds(deployment, runs: int) -> float:
 
 def sequential_seed_seconds(deployment) -> float:
     """Run the seed's seven curl requests one after the other, as the guide does."""
-    from routes.verify import CHECKS, SEED_CHECKS, build_context, load_keys, run_check
+    from routes.verification.checks import CHECKS, SEED_CHECKS
+    from routes.verification.runner import build_context, run_check
+    from routes.verification.runs import load_keys
 
     stored = load_keys(deployment)
     ctx = build_context(
@@ -84,14 +87,21 @@ def bench_delay(team, delay: float, repeats: int) -> bool:
             slug=slug, name=slug, team=team, server_name=f"{slug}.bench.test"
         )
 
+    from routes.verification.runner import pool_size
+    from routes.verification.runs import planned_checks
+
     with running_stack(fresh("nodelay")) as stack:
         base = median_run_seconds(stack.deployment, repeats)
         count = stack.deployment.verification_job.runs.first().results.count()
+        pool = pool_size(planned_checks(stack.deployment.verification_job))
     with running_stack(fresh("delayed"), delay=delay) as stack:
         slow = median_run_seconds(stack.deployment, repeats)
         seed = sequential_seed_seconds(stack.deployment)
     extra = slow - base
-    print(f"checks per run: {count}; pool: {settings.CONSOLE_VERIFY_POOL}; D = {delay:.3f} s")
+    print(
+        f"checks per run: {count}; pool: {pool} (CONSOLE_VERIFY_POOL "
+        f"{settings.CONSOLE_VERIFY_POOL}, at least the plan); D = {delay:.3f} s"
+    )
     print(f"one run, no delay:          {base:7.3f} s (median of {repeats})")
     print(f"one run, delay D:           {slow:7.3f} s (median of {repeats})")
     print(f"extra cost:                 {extra:7.3f} s = {extra / delay:.2f}·D (bound 2·D)")
@@ -104,10 +114,10 @@ def bench_many(team, count: int) -> bool:
     from django.core.management import call_command
 
     from routes import keys as keyring
-    from routes.destinations import destination_of, host_header
     from routes.models import Deployment, Key, VerificationRun
     from routes.nginx.sandbox import running_nginx
-    from routes.verify import start_run
+    from routes.tasks import start_run
+    from routes.verification.destinations import destination_of, host_header
     from tests.fakes.cpa import FakeCPA
     from tests.fakes.cpamp import FakeCPAMP
     from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, free_port, render_export
@@ -115,7 +125,10 @@ def bench_many(team, count: int) -> bool:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with (
-        FakeCPA(api_keys=[API_KEY], management_key=MANAGEMENT_KEY) as cpa,
+        # Usage publishing on, as CPAMP's setup leaves it: request_monitoring checks it.
+        FakeCPA(
+            api_keys=[API_KEY], management_key=MANAGEMENT_KEY, usage_statistics_enabled=True
+        ) as cpa,
         FakeCPAMP(admin_key=ADMIN_KEY, cpa_url=cpa.url, management_key=MANAGEMENT_KEY) as cpamp,
     ):
         deployments = Deployment.objects.bulk_create(

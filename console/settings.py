@@ -5,8 +5,8 @@ git-ignored file); production values come from the environment. ``.env.example``
 """
 
 import json
-import os
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import environ
 from cryptography.fernet import Fernet
 from csp.constants import NONE, SELF
 from django.utils.translation import gettext_lazy as _
+
+from routes.files import atomic_write
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -26,7 +28,7 @@ DATA_DIR = Path(env("CONSOLE_DATA_DIR", default=str(BASE_DIR / "data")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def _local_secret(name: str, factory) -> str:
+def _local_secret(name: str, factory: Callable[[], str]) -> str:
     """Return the named secret from the git-ignored local secrets file, generating it once."""
     path = DATA_DIR / "local-secrets.json"
     try:
@@ -35,11 +37,7 @@ def _local_secret(name: str, factory) -> str:
         stored = {}
     if name not in stored:
         stored[name] = factory()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(stored, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(stored, indent=2, sort_keys=True), mode=0o600)
     return stored[name]
 
 
@@ -92,6 +90,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    # Who is acting and from where, for workflows and the audit trail (routes/context.py).
+    "routes.middleware.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # After CSRF: a changelist POST with an impossible selected id is a 400, not a 500.
     "routes.admin.bulk.ActionSelectionMiddleware",
@@ -252,15 +252,40 @@ CONSOLE_ALLOW_LINK_LOCAL = env.bool("CONSOLE_ALLOW_LINK_LOCAL", default=False)
 # Parallel requests in one verification run.
 CONSOLE_VERIFY_POOL = env.int("CONSOLE_VERIFY_POOL", default=8)
 # Grace in seconds past a run's own deadline (when its checks have ended at the latest:
-# routes.verify_checks.run_budget, stored when a worker claims it) after which a run still marked
+# routes.verification.runner.run_budget, stored when a worker claims it) after which a run still
 # running counts as dead, its worker stopped. It covers storing the results; a run claimed
 # without a stored deadline counts from its start.
 CONSOLE_RUN_STALE_AFTER = env.int("CONSOLE_RUN_STALE_AFTER", default=60)
 
+# --- Notifications (routes/alerts/) ----------------------------------------------------------
+# Email channels go through Django's email backend: EMAIL_URL such as smtp://host:25,
+# smtp+tls://user:password@host:587 or smtp+ssl://…:465; the default prints mail to the console.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="CPA gateway console <console@localhost>")
+# Where the console is reached from outside: notifications link to runs under it.
+CONSOLE_BASE_URL = env("CONSOLE_BASE_URL", default="http://127.0.0.1:8000")
+# Seconds before each retry of a failed delivery; one attempt plus one per delay (3 in all).
+CONSOLE_NOTIFY_RETRY_DELAYS = [
+    float(s) for s in env.list("CONSOLE_NOTIFY_RETRY_DELAYS", default=["30", "120"])
+]
+# Seconds a webhook POST may take.
+CONSOLE_NOTIFY_TIMEOUT = env.float("CONSOLE_NOTIFY_TIMEOUT", default=10.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler"},
+        "null": {"class": "logging.NullHandler"},
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # Apprise logs URLs, tokens included: its lines go nowhere, and routes.alerts.deliver
+        # keeps its warnings, redacted, with the delivery (its debug lines are never made).
+        "apprise": {"handlers": ["null"], "propagate": False, "level": "WARNING"},
+        # At DEBUG urllib3 logs each request line, a webhook's token in its path.
+        "urllib3": {"level": "INFO"},
+    },
 }

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import models
+from django.http import HttpRequest
 
+from routes.context import current, current_actor
 from routes.models import AuditEvent, Team
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 # Field names whose values are never written to the trail.
 SECRET_FIELDS = frozenset({"ciphertext", "secret", "password", "fingerprint"})
@@ -16,6 +21,7 @@ CHANGED = "changed"
 
 
 def _plain(value: Any) -> Any:
+    """Return value as JSON can store it: models and other objects as their text."""
     if isinstance(value, models.Model):
         return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -47,30 +53,37 @@ def snapshot(obj: models.Model, *, exclude: tuple[str, ...] = ()) -> dict[str, A
 def record(
     *,
     action: str,
-    actor=None,
     team: Team | int | None = None,
     obj: models.Model | None = None,
     object_repr: str = "",
     changes: dict[str, Any] | None = None,
+    actor: User | None = None,
     ip: str | None = None,
     actor_label: str = "",
 ) -> AuditEvent:
-    """Append one event to the trail and return it."""
-    if actor is not None and not getattr(actor, "is_authenticated", False):
+    """Append one event to the trail and return it.
+
+    The actor and the address are whoever routes.context says is acting; ``actor`` and ``ip``
+    name them instead where no request or command has set them (the task worker, login signals).
+    """
+    acting = current()
+    if actor is None:
+        actor = current_actor()
+    elif not getattr(actor, "is_authenticated", False):
         actor = None
     # actor_label names an actor that is no user (e.g. an anonymous failed login).
-    label = actor_label or (actor.get_username() if actor is not None else "command")
+    label = actor_label or (actor.get_username() if actor is not None else acting.label)
     team_id = team.pk if isinstance(team, Team) else team
     return AuditEvent.objects.create(
         actor=actor,
-        actor_label=label[:150],
+        actor_label=(label or "command")[:150],
         team_id=team_id,
         action=action,
-        object_type=obj._meta.model_name if obj is not None else "",
+        object_type=(obj._meta.model_name or "") if obj is not None else "",
         object_id=str(obj.pk) if obj is not None and obj.pk is not None else "",
         object_repr=(object_repr or (str(obj) if obj is not None else ""))[:200],
         changes=changes or {},
-        ip=ip,
+        ip=ip if ip is not None else acting.ip,
     )
 
 
@@ -81,7 +94,7 @@ def _valid_ip(value: str) -> str | None:
         return None
 
 
-def client_ip(request) -> str | None:
+def client_ip(request: HttpRequest | None) -> str | None:
     """Return the client's IP: the TCP peer, or the X-Forwarded-For hop a trusted proxy saw."""
     if request is None:
         return None

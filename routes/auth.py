@@ -7,13 +7,17 @@ django-otp adds an optional TOTP second factor that becomes mandatory for owners
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from axes.backends import AxesStandaloneBackend
 from django import forms
 from django.contrib import messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django_otp import devices_for_user
@@ -24,6 +28,10 @@ from routes import audit
 from routes.audit import client_ip
 from routes.models import Role, Team
 
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import User
+
 USERNAME_MAX = 150
 # The trail's actor for failed logins: whoever typed the password is not known.
 _ANONYMOUS = "anonymous"
@@ -32,7 +40,14 @@ _ANONYMOUS = "anonymous"
 class LoginThrottleBackend(AxesStandaloneBackend):
     """Refuse locked-out usernames and IPs; authentication itself is left to ModelBackend."""
 
-    def authenticate(self, request, username=None, password=None, **kwargs):
+    def authenticate(
+        self,
+        request: HttpRequest | None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> AbstractBaseUser | None:
+        """Return None (ModelBackend authenticates); raise when axes has locked the login out."""
         # Every login form passes the request. Only in-process callers (the test client's
         # login(), shell sessions) authenticate without one; there is no remote client to
         # throttle then, and axes would otherwise raise.
@@ -41,7 +56,7 @@ class LoginThrottleBackend(AxesStandaloneBackend):
         return super().authenticate(request, username=username, password=password, **kwargs)
 
 
-def has_confirmed_device(user) -> bool:
+def has_confirmed_device(user: User) -> bool:
     """Return True when user has at least one confirmed OTP device."""
     return any(True for _ in devices_for_user(user, confirmed=True))
 
@@ -65,7 +80,8 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
         "invalid_token": _("The two-factor code is wrong or has expired; try the next code."),
     }
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
+        """Return the cleaned data; the OTP code is checked only for users with a device."""
         self.cleaned_data = AdminAuthenticationForm.clean(self)
         user = self.get_user()
         if user is not None and has_confirmed_device(user):
@@ -85,7 +101,8 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
                 raise
         return self.cleaned_data
 
-    def _chosen_device(self, user):
+    def _chosen_device(self, user: User) -> Device | None:
+        """Return the device to verify the code with: the chosen one, else the only one."""
         device = super()._chosen_device(user)
         if device is None:
             # With a single device there is nothing to choose; pick it (locked for verify).
@@ -95,9 +112,9 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
         return device
 
 
-def owner_2fa_teams(user) -> list[Team]:
+def owner_2fa_teams(user: User | AnonymousUser) -> list[Team]:
     """Return the teams that require two-factor of owners where user is an owner."""
-    if not getattr(user, "is_authenticated", False):
+    if isinstance(user, AnonymousUser):  # the one kind of user that is not authenticated
         return []
     return list(
         Team.objects.filter(
@@ -108,13 +125,13 @@ def owner_2fa_teams(user) -> list[Team]:
     )
 
 
-def is_verified(user) -> bool:
+def is_verified(user: User | AnonymousUser) -> bool:
     """Return True when user's session was verified with an OTP device."""
     check = getattr(user, "is_verified", None)
     return bool(callable(check) and check())
 
 
-def pending_2fa_teams(user) -> list[Team]:
+def pending_2fa_teams(user: User | AnonymousUser) -> list[Team]:
     """Return the teams whose owner-level actions user cannot use until signing in with OTP."""
     if getattr(user, "is_superuser", False) or is_verified(user):
         return []
@@ -130,7 +147,7 @@ def enrol_url() -> str:
 
 
 @receiver(user_logged_in, dispatch_uid="routes.auth.logged_in")
-def record_login(sender, request, user, **kwargs) -> None:
+def record_login(sender: object, request: HttpRequest | None, user: User, **kwargs: object) -> None:
     """Record a login, and tell owners of 2FA teams without a verified session to enrol."""
     verified = getattr(user, "otp_device", None) is not None
     audit.record(
@@ -157,21 +174,28 @@ def record_login(sender, request, user, **kwargs) -> None:
 
 
 @receiver(user_logged_out, dispatch_uid="routes.auth.logged_out")
-def record_logout(sender, request, user, **kwargs) -> None:
+def record_logout(
+    sender: object, request: HttpRequest | None, user: User | None, **kwargs: object
+) -> None:
     """Record a logout (user is None when nobody was logged in)."""
     if user is None:
         return
     audit.record(action="logout", actor=user, obj=user, ip=client_ip(request))
 
 
-def _attempted_username(credentials: dict) -> str:
+def _attempted_username(credentials: dict[str, Any]) -> str:
     field = get_user_model().USERNAME_FIELD
     value = credentials.get(field) or credentials.get("username") or ""
     return str(value)[:USERNAME_MAX]
 
 
 @receiver(user_login_failed, dispatch_uid="routes.auth.login_failed")
-def record_login_failed(sender, credentials, request=None, **kwargs) -> None:
+def record_login_failed(
+    sender: object,
+    credentials: dict[str, Any] | None,
+    request: HttpRequest | None = None,
+    **kwargs: object,
+) -> None:
     """Record a failed login with the attempted username only (Django already hides the rest)."""
     username = _attempted_username(credentials or {})
     User = get_user_model()

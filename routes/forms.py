@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -11,12 +13,13 @@ from django.db import connection
 from django.forms.formsets import DELETION_FIELD_NAME
 from django.utils.translation import gettext_lazy as _
 
-from routes import actions, destinations
 from routes import keys as keyring
 from routes import validators as v
 from routes.models import (
-    DOCKER_PRESET,
-    HOST_PRESET,
+    DEPLOYMENT_FIELD_GROUPS,
+    DEPLOYMENT_FIELDS,
+    PRESETS,
+    UPSTREAM_FIELDS,
     Deployment,
     Key,
     Membership,
@@ -25,9 +28,51 @@ from routes.models import (
     Team,
 )
 from routes.permissions import Action, can
+from routes.verification import destinations
+from routes.workflows.keys import check_key
+from routes.workflows.memberships import check_keeps_an_owner, find_user
+from routes.workflows.versions import Change, changes_since
 
-PRESETS = {"docker": DOCKER_PRESET, "host": HOST_PRESET}
-PRESET_FIELDS = ("cpa_upstream", "cpamp_upstream", "cpamp_cpa_url")
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from django_stubs_ext import StrOrPromise
+
+# Titles of the deployment's field groups on the admin page (None: the untitled first one).
+_GROUP_TITLES: dict[str, StrOrPromise | None] = {
+    "identity": None,
+    "listening": _("Listening"),
+    "upstreams": _("Upstreams"),
+    "proxy": _("Proxy"),
+    "verification": _("Versions and verification"),
+    "notes": _("Notes"),
+}
+# DeploymentForm's own fields, placed at the start or the end of a group.
+_FORM_FIELDS_FIRST = {"upstreams": ("topology",)}
+_FORM_FIELDS_LAST = {"identity": ("loaded_version",)}
+
+
+def deployment_fieldsets(
+    *, shown_last: Mapping[str, tuple[str, ...]] | None = None
+) -> list[tuple[StrOrPromise | None, dict[str, tuple[str, ...]]]]:
+    """Return the admin fieldsets of DeploymentForm, one per field group of the deployment.
+
+    ``shown_last`` adds read-only fields of the admin at the end of a group, by group name.
+    """
+    extra = shown_last or {}
+    return [
+        (
+            _GROUP_TITLES[group],
+            {
+                "fields": (
+                    *_FORM_FIELDS_FIRST.get(group, ()),
+                    *names,
+                    *_FORM_FIELDS_LAST.get(group, ()),
+                    *extra.get(group, ()),
+                )
+            },
+        )
+        for group, names in DEPLOYMENT_FIELD_GROUPS.items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -45,11 +90,11 @@ class Conflict:
 
     loaded_version: int
     current_version: int
-    changes: list[actions.Change]
+    changes: list[Change]
     differences: list[Difference]
 
     @property
-    def change_rows(self) -> list[tuple[actions.Change, str]]:
+    def change_rows(self) -> list[tuple[Change, str]]:
         """Return each change with its fields summarised as "name: old → new; ..."."""
         return [(change, summarise(change.fields)) for change in self.changes]
 
@@ -92,37 +137,13 @@ class DeploymentForm(forms.ModelForm):
     )
     loaded_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
     # Set per request by the deployment admin: whose role rules apply to key destinations.
-    user = None
+    user: User | None = None
 
     class Meta:
         model = Deployment
-        fields = [
-            "name",
-            "slug",
-            "team",
-            "mode",
-            "server_name",
-            "listen_address",
-            "http_port",
-            "tls",
-            "https_port",
-            "ssl_certificate",
-            "ssl_certificate_key",
-            "http2",
-            "cpa_upstream",
-            "cpamp_upstream",
-            "cpamp_cpa_url",
-            "resolver",
-            "client_max_body_size",
-            "proxy_read_timeout",
-            "proxy_send_timeout",
-            "route_tracing",
-            "cpa_version",
-            "verification_base_url",
-            "notes",
-        ]
+        fields = DEPLOYMENT_FIELDS
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conflict: Conflict | None = None
         if self.instance.pk:
@@ -131,7 +152,7 @@ class DeploymentForm(forms.ModelForm):
         else:
             self.fields.pop("loaded_version", None)
             # Blank upstreams on the add form, so that the chosen preset fills them.
-            for name in PRESET_FIELDS:
+            for name in UPSTREAM_FIELDS:
                 if name in self.fields:
                     self.fields[name].required = False
                     self.initial[name] = ""
@@ -140,11 +161,12 @@ class DeploymentForm(forms.ModelForm):
         # Users type IDN domains; nginx and the model want the punycode form.
         return v.normalize_server_name(self.cleaned_data.get("server_name", ""))
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         if "topology" in self.fields:
             preset = PRESETS.get(cleaned.get("topology") or "")
-            for name in PRESET_FIELDS:
+            for name in UPSTREAM_FIELDS:
                 if name not in self.fields or cleaned.get(name) or name in self.errors:
                     continue
                 if preset is None:
@@ -162,14 +184,14 @@ class DeploymentForm(forms.ModelForm):
         return cleaned
 
     def _post_clean(self) -> None:
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # BaseModelForm's hook, missing in the stubs
         # After the model's own validation, so a malformed URL is refused for what it is first.
         if hasattr(self, "cleaned_data"):
             self._refuse_key_destination_change(self.cleaned_data)
 
-    def _refuse_key_destination_change(self, cleaned: dict) -> None:
+    def _refuse_key_destination_change(self, cleaned: dict[str, Any]) -> None:
         """Only an owner sets a URL keys go to, or moves a deployment with keys elsewhere."""
-        stored = None
+        stored: dict[str, Any] | None = None
         team_ids = [cleaned["team"].pk] if cleaned.get("team") else []
         if self.instance.pk:
             stored = (
@@ -194,10 +216,9 @@ class DeploymentForm(forms.ModelForm):
                     field_label=self.fields[name].label, team_slug=team.slug if team else "?"
                 ),
             )
-        moved = (
-            stored is not None and cleaned.get("team") and cleaned["team"].pk != stored["team_id"]
-        )
-        if moved and self.instance.keys.exists():
+        if stored is None or not cleaned.get("team") or cleaned["team"].pk == stored["team_id"]:
+            return
+        if self.instance.keys.exists():
             if not destinations.may_set_destination(self.user, stored["team_id"]):
                 self.add_error(
                     "team",
@@ -211,7 +232,8 @@ class DeploymentForm(forms.ModelForm):
                     ),
                 )
 
-    def _refuse_stale_edit(self, cleaned: dict) -> None:
+    def _refuse_stale_edit(self, cleaned: dict[str, Any]) -> None:
+        """Raise ValidationError with the changes since when the stored version moved on."""
         loaded = cleaned.get("loaded_version")
         rows = Deployment.objects.filter(pk=self.instance.pk)
         if connection.in_atomic_block:
@@ -233,12 +255,14 @@ class DeploymentForm(forms.ModelForm):
         self.conflict = Conflict(
             loaded_version=loaded,
             current_version=current.version,
-            changes=actions.changes_since(deployment=current, version=loaded),
+            changes=changes_since(deployment=current, version=loaded),
             differences=differences,
         )
         # The next save is a deliberate overwrite by a user who has seen the changes below.
-        self.data = self.data.copy()
-        self.data[self.add_prefix("loaded_version")] = current.version
+        # A QueryDict (copy.copy makes it mutable) or, from tests and code, a plain dict.
+        data = cast("dict[str, Any]", copy.copy(self.data))
+        data[self.add_prefix("loaded_version")] = current.version
+        self.data = data
         raise ValidationError(
             _(
                 "Someone else saved this deployment after you opened it (you loaded version "
@@ -277,7 +301,7 @@ class KeyForm(forms.ModelForm):
         model = Key
         fields = ["deployment", "role", "label", "custom_format", "secret"]
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             for name in ("role", "deployment"):
@@ -287,8 +311,9 @@ class KeyForm(forms.ModelForm):
                         "Fixed for a stored key; add a new key to use another."
                     )
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         secret = cleaned.get("secret") or ""
         role = cleaned.get("role") or self.instance.role
         if not self.instance.pk and not secret and self.has_changed():
@@ -299,7 +324,7 @@ class KeyForm(forms.ModelForm):
             return cleaned
         deployment = cleaned.get("deployment") or getattr(self.instance, "deployment", None)
         if self.check_deployment and deployment is not None:
-            problems = actions.check_key(
+            problems = check_key(
                 deployment=deployment,
                 role=role,
                 secret=secret,
@@ -322,7 +347,7 @@ class StandaloneKeyForm(KeyForm):
 class KeyInlineFormSet(forms.BaseInlineFormSet):
     """Checks across rows: no secret twice in a deployment, one key per single role, owners only."""
 
-    user = None  # set per request by the inline admin
+    user: User | None = None  # set per request by the inline admin
 
     def clean(self) -> None:
         super().clean()
@@ -357,7 +382,7 @@ class KeyInlineFormSet(forms.BaseInlineFormSet):
                 continue
             if deployment.pk is None:
                 continue
-            for problem in actions.check_key(
+            for problem in check_key(
                 deployment=deployment,
                 role=role,
                 secret=secret,
@@ -369,7 +394,7 @@ class KeyInlineFormSet(forms.BaseInlineFormSet):
                     field = "role" if problem.code == "single_role" else "secret"
                     form.add_error(field, ValidationError(problem.message, code=problem.code))
 
-    def _marked_deleted(self, form) -> bool:
+    def _marked_deleted(self, form: forms.BaseForm) -> bool:
         return bool(
             self.can_delete
             and getattr(form, "cleaned_data", None)
@@ -405,14 +430,15 @@ class MembershipAddForm(forms.ModelForm):
         model = Membership
         fields = ["username", "team", "role"]
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         username = cleaned.get("username")
         team = cleaned.get("team")
         if not username:
             return cleaned
         try:
-            user = actions.find_user(username)
+            user = find_user(username=username)
         except ValidationError as exc:
             self.add_error(None, exc)
             return cleaned
@@ -438,5 +464,5 @@ class MembershipChangeForm(forms.ModelForm):
         role = self.cleaned_data["role"]
         stored = Membership.objects.select_related("team").get(pk=self.instance.pk)
         if stored.role != role and role != Role.OWNER:
-            actions.check_keeps_an_owner(membership=stored)
+            check_keeps_an_owner(membership=stored)
         return role

@@ -9,11 +9,12 @@ configured key decrypts) and fingerprinted with a keyed HMAC, so reuse is found 
 import hashlib
 import hmac
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 CPAMP_ADMIN = "cpamp_admin"
@@ -28,8 +29,13 @@ CPAMP_ADMIN_OLD = re.compile(r"^cmp_admin_[A-Za-z0-9_-]{43}$")
 CPAMP_ADMIN_LIKE = re.compile(r"^(cpamp_|cmp_admin_)", re.IGNORECASE)
 # CPA's config.example.yaml placeholders; CPA >= v7.1.46 answers 403 unsafe_example_api_key.
 CPA_PLACEHOLDERS = frozenset({"your-api-key-1", "your-api-key-2", "your-api-key-3"})
-MIN_LENGTH = 8
+# CPA accepts any non-empty api-keys entry and secret-key (reference 3.5): so does the console,
+# and a key shorter than SHORT_KEY gets a warning instead of a refusal.
+MIN_LENGTH = 1
 MAX_LENGTH = 512
+SHORT_KEY = 16
+# Keys shorter than this show no last characters: four of them would be half the key or all of it.
+SHOWN_FROM = 8
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
 
 ROLE_LABELS = {
@@ -43,9 +49,24 @@ class DecryptionError(Exception):
     """A stored secret could not be decrypted with any configured key (the value is never shown)."""
 
 
+def fernet(key: str | bytes) -> Fernet:
+    """Return the Fernet of one configured key; ValueError when it is not a Fernet key."""
+    return Fernet(key.encode() if isinstance(key, str) else key)
+
+
 def _fernet() -> MultiFernet:
-    keys = settings.CONSOLE_ENCRYPTION_KEYS
-    return MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
+    return MultiFernet([fernet(k) for k in settings.CONSOLE_ENCRYPTION_KEYS])
+
+
+@contextmanager
+def _refusing_bad_tokens() -> Iterator[None]:
+    """Turn a token no configured key opens into DecryptionError (which never shows it)."""
+    try:
+        yield
+    except (InvalidToken, ValueError):
+        raise DecryptionError(
+            "the stored key cannot be decrypted with the configured keys"
+        ) from None
 
 
 def encrypt(secret: str) -> str:
@@ -55,29 +76,20 @@ def encrypt(secret: str) -> str:
 
 def decrypt(token: str) -> str:
     """Return the clear secret; raise DecryptionError (never with the token or value)."""
-    try:
+    with _refusing_bad_tokens():
         return _fernet().decrypt(token.encode()).decode()
-    except (InvalidToken, ValueError):
-        raise DecryptionError(
-            "the stored key cannot be decrypted with the configured keys"
-        ) from None
 
 
 def reencrypt(token: str) -> str:
     """Return token re-encrypted under the primary key (MultiFernet.rotate)."""
-    try:
+    with _refusing_bad_tokens():
         return _fernet().rotate(token.encode()).decode()
-    except (InvalidToken, ValueError):
-        raise DecryptionError(
-            "the stored key cannot be decrypted with the configured keys"
-        ) from None
 
 
 def is_current(token: str) -> bool:
     """Return True when token decrypts with the primary key alone."""
-    primary = settings.CONSOLE_ENCRYPTION_KEYS[0]
     try:
-        Fernet(primary.encode() if isinstance(primary, str) else primary).decrypt(token.encode())
+        fernet(settings.CONSOLE_ENCRYPTION_KEYS[0]).decrypt(token.encode())
     except (InvalidToken, ValueError):
         return False
     return True
@@ -90,8 +102,8 @@ def fingerprint(secret: str) -> str:
 
 
 def last4(secret: str) -> str:
-    """Return the last four characters kept for display."""
-    return secret[-4:]
+    """Return the last four characters kept for display ("" for a key shorter than SHOWN_FROM)."""
+    return secret[-4:] if len(secret) >= SHOWN_FROM else ""
 
 
 def masked(last_four: str) -> str:
@@ -169,11 +181,19 @@ def check_shape(role: str, secret: str, *, custom_format: bool = False) -> list[
     return problems
 
 
-def validate_secret(role: str, secret: str, *, custom_format: bool = False) -> None:
-    """Raise ValidationError naming every rule of role that secret breaks."""
-    problems = check_shape(role, secret, custom_format=custom_format)
-    if problems:
-        raise ValidationError([ValidationError(p.message, code=p.code) for p in problems])
+def short_key_message(role: str) -> str:
+    """Return the "short key" warning for a key of role."""
+    return _(
+        "%(role)s: short key (fewer than %(n)d characters). CPA accepts it, but a short key is "
+        "easy to guess; use a long random one."
+    ) % {"role": ROLE_LABELS.get(role, role), "n": SHORT_KEY}
+
+
+def shape_warnings(role: str, secret: str) -> list[Refusal]:
+    """Return what a key of role that check_shape accepts should still warn about (short_key)."""
+    if role in ROLE_LABELS and 0 < len(secret) < SHORT_KEY:
+        return [Refusal("short_key", short_key_message(role))]
+    return []
 
 
 class ReuseTracker:

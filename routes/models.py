@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -12,19 +14,68 @@ from django.utils.translation import gettext_lazy as _
 from routes import keys as keyring
 from routes import validators as v
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+    from django_stubs_ext import StrOrPromise
+
 MIN_CPA_VERSION = (6, 10, 8)
 RECOMMENDED_CPA_VERSION = (7, 1, 39)
 
-DOCKER_PRESET = {
-    "cpa_upstream": "cli-proxy-api:8317",
-    "cpamp_upstream": "cpa-manager-plus:18317",
-    "cpamp_cpa_url": "http://cli-proxy-api:8317",
+# CPA and CPAMP's own ports, and the names the seed's docker-compose gives their services.
+CPA_PORT = 8317
+CPAMP_PORT = 18317
+CPA_SERVICE = "cli-proxy-api"
+CPAMP_SERVICE = "cpa-manager-plus"
+# The upstream fields a topology preset fills in, and the two presets.
+UPSTREAM_FIELDS = ("cpa_upstream", "cpamp_upstream", "cpamp_cpa_url")
+
+
+def _preset(cpa_host: str, cpamp_host: str) -> dict[str, str]:
+    """Return the upstream fields for CPA and CPAMP on these hosts, at their own ports."""
+    return {
+        "cpa_upstream": f"{cpa_host}:{CPA_PORT}",
+        "cpamp_upstream": f"{cpamp_host}:{CPAMP_PORT}",
+        "cpamp_cpa_url": f"http://{cpa_host}:{CPA_PORT}",
+    }
+
+
+DOCKER_PRESET = _preset(CPA_SERVICE, CPAMP_SERVICE)
+HOST_PRESET = _preset("127.0.0.1", "127.0.0.1")
+PRESETS = {"docker": DOCKER_PRESET, "host": HOST_PRESET}
+
+# The fields people give a deployment, grouped as the admin shows them. The deployment form, the
+# admin's fieldsets, the wizard and the definitions format are all built from these groups, so a
+# new field is added here once.
+DEPLOYMENT_FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "identity": ("name", "slug", "team", "mode", "server_name"),
+    "listening": (
+        "listen_address",
+        "tls",
+        "http_port",
+        "https_port",
+        "ssl_certificate",
+        "ssl_certificate_key",
+        "http2",
+    ),
+    "upstreams": (*UPSTREAM_FIELDS, "resolver"),
+    "proxy": ("client_max_body_size", "proxy_read_timeout", "proxy_send_timeout", "route_tracing"),
+    "verification": ("cpa_version", "verification_base_url"),
+    "notes": ("notes",),
 }
-HOST_PRESET = {
-    "cpa_upstream": "127.0.0.1:8317",
-    "cpamp_upstream": "127.0.0.1:18317",
-    "cpamp_cpa_url": "http://127.0.0.1:8317",
-}
+DEPLOYMENT_FIELDS = tuple(name for names in DEPLOYMENT_FIELD_GROUPS.values() for name in names)
+
+
+def user_link(verbose_name: StrOrPromise, *, editable: bool = False) -> models.ForeignKey:
+    """Return the link to the user who did something: kept as NULL when that user is deleted."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=editable,
+        verbose_name=verbose_name,
+    )
 
 
 class Role(models.TextChoices):
@@ -95,7 +146,7 @@ class Membership(models.Model):
 
 
 class DeploymentQuerySet(models.QuerySet):
-    def visible_to(self, user) -> DeploymentQuerySet:
+    def visible_to(self, user: User | AnonymousUser) -> DeploymentQuerySet:
         """Return the deployments of user's teams (all of them for a superuser)."""
         if not user.is_authenticated or not user.is_active:
             return self.none()
@@ -237,7 +288,7 @@ class Deployment(models.Model):
             "derived from server name and HTTPS. Only an owner may change it."
         ),
     )
-    # Where keys may go. Written only by routes.destinations, never through a form.
+    # Where keys may go. Written only by routes.verification.destinations, never by a form.
     keys_confirmed_origins = models.JSONField(
         _("confirmed key destinations"),
         default=list,
@@ -250,15 +301,7 @@ class Deployment(models.Model):
     keys_confirmed_at = models.DateTimeField(
         _("key destinations confirmed at"), null=True, blank=True, editable=False
     )
-    keys_confirmed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-        verbose_name=_("key destinations confirmed by"),
-    )
+    keys_confirmed_by = user_link(_("key destinations confirmed by"))
     notes = models.TextField(_("notes"), blank=True)
     version = models.PositiveIntegerField(
         _("version"),
@@ -268,24 +311,8 @@ class Deployment(models.Model):
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-        verbose_name=_("created by"),
-    )
-    updated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-        verbose_name=_("updated by"),
-    )
+    created_by = user_link(_("created by"))
+    updated_by = user_link(_("updated by"))
 
     objects = DeploymentQuerySet.as_manager()
 
@@ -313,13 +340,13 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
 
-    def save(self, *args, **kwargs) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if self.server_name:
             self.server_name = v.normalize_server_name(self.server_name)
         updating = not (self._state.adding or kwargs.get("force_insert"))
         if updating and kwargs.get("update_fields") is None:
             # A form or import that loaded this row earlier must not put back an older
-            # confirmation of where keys may go: routes.destinations writes those columns itself.
+            # confirmation of where keys may go: verification.destinations writes those columns.
             kwargs["update_fields"] = [
                 f.name
                 for f in self._meta.concrete_fields
@@ -473,7 +500,7 @@ class RouteOverride(models.Model):
 
 
 class KeyQuerySet(models.QuerySet):
-    def visible_to(self, user) -> KeyQuerySet:
+    def visible_to(self, user: User | AnonymousUser) -> KeyQuerySet:
         """Return keys of deployments user can see."""
         return self.filter(deployment__in=Deployment.objects.visible_to(user))
 
@@ -508,25 +535,9 @@ class Key(models.Model):
         ),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-        verbose_name=_("created by"),
-    )
+    created_by = user_link(_("created by"))
     rotated_at = models.DateTimeField(_("rotated at"), null=True, blank=True, editable=False)
-    rotated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-        verbose_name=_("rotated by"),
-    )
+    rotated_by = user_link(_("rotated by"))
     last_validated_at = models.DateTimeField(
         _("last validated at"), null=True, blank=True, editable=False
     )
@@ -588,14 +599,7 @@ class KeyRotation(models.Model):
     previous_fingerprint = models.CharField(max_length=64)
     previous_last4 = models.CharField(max_length=4)
     rotated_at = models.DateTimeField(auto_now_add=True)
-    rotated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=_("rotated by"),
-    )
+    rotated_by = user_link(_("rotated by"), editable=True)
     reason = models.CharField(max_length=100, blank=True, help_text=_("e.g. set_key, admin."))
 
     class Meta:
@@ -622,14 +626,7 @@ class ConfigExport(models.Model):
     text = models.TextField(_("config"))
     source = models.CharField(_("source"), max_length=10, choices=Source.choices)
     created_at = models.DateTimeField(_("exported at"), auto_now_add=True, db_index=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=_("created by"),
-    )
+    created_by = user_link(_("created by"), editable=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -638,6 +635,44 @@ class ConfigExport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment.slug} {self.content_hash[:12]}"
+
+
+class NginxTest(models.Model):
+    """The last ``nginx -t`` of a deployment's config, one per config hash.
+
+    Pages show it instead of running nginx on every view; a POST ("Test with nginx") runs a new
+    one (routes/nginx/tested.py).
+    """
+
+    deployment = models.ForeignKey(
+        Deployment,
+        on_delete=models.CASCADE,
+        related_name="nginx_tests",
+        verbose_name=_("deployment"),
+    )
+    config_hash = models.CharField(
+        _("config SHA-256"),
+        max_length=64,
+        help_text=_("SHA-256 of the files tested, e.g. prod.conf with 00-console-common.conf."),
+    )
+    ok = models.BooleanField(_("accepted by nginx"))
+    timed_out = models.BooleanField(_("timed out"), default=False)
+    output = models.TextField(_("nginx output"), blank=True)
+    tested_at = models.DateTimeField(_("tested at"))
+    tested_by = user_link(_("tested by"))
+
+    class Meta:
+        ordering = ["-tested_at", "-id"]
+        verbose_name = _("nginx test")
+        verbose_name_plural = _("nginx tests")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "config_hash"], name="nginx_test_one_per_config"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.slug} {self.config_hash[:12]} {'ok' if self.ok else 'refused'}"
 
 
 class VerificationJob(models.Model):
@@ -710,24 +745,26 @@ class VerificationRun(models.Model):
         _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
     )
     trigger = models.CharField(_("trigger"), max_length=10, choices=Trigger.choices)
-    triggered_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=_("triggered by"),
-    )
+    triggered_by = user_link(_("triggered by"), editable=True)
     base_url = models.CharField(_("base URL"), max_length=300, blank=True)
     created_at = models.DateTimeField(_("queued at"), auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
-    # Set when a worker claims the run: its checks have ended by then (verify_checks.run_budget),
+    # Set when a worker claims the run: its checks have ended by then (runner.run_budget),
     # so a run still marked running well past it has lost its worker.
     deadline_at = models.DateTimeField(_("deadline"), null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     error = models.TextField(_("error"), blank=True)
+    # Root causes, most important first (routes.verification.causes): codes and parameters,
+    # rendered in the reader's language when shown.
+    causes = models.JSONField(
+        _("causes"),
+        default=list,
+        blank=True,
+        editable=False,
+        help_text=_('e.g. [{"code": "upstream_down", "upstream": "cpa", "checks": [...]}].'),
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -764,6 +801,16 @@ class CheckResult(models.Model):
     diagnosis = models.TextField(_("diagnosis"), blank=True)
     excerpt = models.TextField(_("response excerpt"), blank=True)
     details = models.JSONField(_("details"), default=dict, blank=True)
+    # The diagnosis and warning as code plus parameters (routes.verification.diagnoses), rendered
+    # in the reader's language; `diagnosis` keeps the English words.
+    diagnosis_code = models.CharField(
+        _("diagnosis code"), max_length=40, blank=True, help_text=_("e.g. upstream_down.")
+    )
+    diagnosis_params = models.JSONField(_("diagnosis parameters"), default=dict, blank=True)
+    warning_code = models.CharField(
+        _("warning code"), max_length=40, blank=True, help_text=_("e.g. not_found_is_fine.")
+    )
+    warning_params = models.JSONField(_("warning parameters"), default=dict, blank=True)
 
     class Meta:
         ordering = ["run", "position", "id"]
@@ -778,14 +825,7 @@ class AuditEvent(models.Model):
     """One recorded action. Append-only: only superusers may prune."""
 
     created_at = models.DateTimeField(_("at"), auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=_("actor"),
-    )
+    actor = user_link(_("actor"), editable=True)
     actor_label = models.CharField(
         _("actor"), max_length=150, blank=True, help_text=_("Username at the time, or 'command'.")
     )
@@ -813,3 +853,11 @@ class AuditEvent(models.Model):
         return (
             f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.object_repr}"
         )
+
+
+# Notification channels, deliveries and alert states live in routes/alerts/ (issue 12).
+from routes.alerts.models import (  # noqa: E402, F401
+    DeploymentAlertState,
+    NotificationChannel,
+    NotificationDelivery,
+)

@@ -10,44 +10,50 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from routes import actions, audit, destinations
+from routes import audit
 from routes import keys as keyring
+from routes.context import acting, current_ip
+from routes.models import DEPLOYMENT_FIELDS as EDITED_FIELDS
 from routes.models import Deployment, RouteOverride, Team
 from routes.permissions import Action, can
+from routes.verification import destinations
+from routes.workflows.deployments import save_deployment
+from routes.workflows.overrides import replace_overrides
+from routes.workflows.teams import create_team
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 FORMAT_VERSION = 1
 
-# Field name -> (JSON type, required). Order is the export order.
+# Model field -> its name in the file, where they differ.
+FILE_NAMES = {"verification_base_url": "verification.base_url"}
+REQUIRED_FIELDS = frozenset({"slug", "team", "server_name"})
+
+
+def _json_type(name: str) -> type:
+    """Return the JSON type of the deployment field name in the file (the team is its slug)."""
+    model_field = Deployment._meta.get_field(name)
+    if isinstance(model_field, models.BooleanField):
+        return bool
+    if isinstance(model_field, models.IntegerField):
+        return int
+    return str
+
+
+# Field name -> (JSON type, required), in export order: the slug leads (it names the entry in
+# every problem), then the fields people edit; FILE_NAMES are written nested instead.
 DEPLOYMENT_FIELDS: dict[str, tuple[type, bool]] = {
-    "slug": (str, True),
-    "name": (str, False),
-    "team": (str, True),
-    "mode": (str, False),
-    "server_name": (str, True),
-    "listen_address": (str, False),
-    "tls": (bool, False),
-    "http_port": (int, False),
-    "https_port": (int, False),
-    "ssl_certificate": (str, False),
-    "ssl_certificate_key": (str, False),
-    "http2": (bool, False),
-    "cpa_upstream": (str, False),
-    "cpamp_upstream": (str, False),
-    "cpamp_cpa_url": (str, False),
-    "resolver": (str, False),
-    "client_max_body_size": (str, False),
-    "proxy_read_timeout": (int, False),
-    "proxy_send_timeout": (int, False),
-    "route_tracing": (bool, False),
-    "cpa_version": (str, False),
-    "notes": (str, False),
+    name: (_json_type(name), name in REQUIRED_FIELDS)
+    for name in dict.fromkeys(("slug", *EDITED_FIELDS))
+    if name not in FILE_NAMES
 }
 NESTED_FIELDS = ("route_overrides", "verification", "keys")
 OVERRIDE_FIELDS: dict[str, tuple[type, bool]] = {
@@ -59,8 +65,6 @@ OVERRIDE_FIELDS: dict[str, tuple[type, bool]] = {
     "note": (str, False),
 }
 VERIFICATION_FIELDS: dict[str, tuple[type, bool]] = {"base_url": (str, False)}
-# Model field -> its name in the file, where they differ.
-FILE_NAMES = {"verification_base_url": "verification.base_url"}
 _TYPE_NAMES = {
     str: gettext_noop("a string"),
     bool: gettext_noop("true or false"),
@@ -68,10 +72,14 @@ _TYPE_NAMES = {
 }
 
 
+# (slug or "file", field, reason) per problem found in a file.
+Problems = list[tuple[str, str, str]]
+
+
 class ImportFailed(Exception):
     """The file was refused; nothing was changed. ``problems`` is [(slug, field, reason)]."""
 
-    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+    def __init__(self, problems: Problems) -> None:
         self.problems = problems
         super().__init__(f"{len(problems)} problem(s)")
 
@@ -150,7 +158,7 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
-def _duplicates(raw: Any, where: str, slug: str, problems: list) -> None:
+def _duplicates(raw: Any, where: str, slug: str, problems: Problems) -> None:
     """Record every name that appears more than once in the JSON object raw."""
     for name in getattr(raw, "duplicates", ()):
         problems.append((slug, f"{where}{name}", _("appears more than once in this object")))
@@ -217,7 +225,7 @@ def load_payload(text: str | bytes, *, limit: int | None = None) -> Any:
         ) from None
 
 
-def dump_payload(payload: dict) -> str:
+def dump_payload(payload: dict[str, Any]) -> str:
     """Return payload as the file's text: indented JSON ending with a newline."""
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
@@ -227,7 +235,7 @@ def _messages(exc: ValidationError) -> list[str]:
 
 
 def _typed(
-    raw: dict, spec: dict[str, tuple[type, bool]], where: str, slug: str, problems: list
+    raw: dict, spec: dict[str, tuple[type, bool]], where: str, slug: str, problems: Problems
 ) -> dict[str, Any]:
     """Return the known, correctly typed values of raw; record every problem."""
     values: dict[str, Any] = {}
@@ -268,13 +276,14 @@ class _Entry:
     keys: list[str]
 
 
-def _parse_entry(raw: Any, index: int, problems: list) -> _Entry | None:
+def _parse_entry(raw: Any, index: int, problems: Problems) -> _Entry | None:
     if not isinstance(raw, dict):
         problems.append((f"deployments[{index}]", "deployment", _("must be an object")))
         return None
     raw_slug = raw.get("slug")
-    usable = isinstance(raw_slug, str) and raw_slug and _text_problem(raw_slug) is None
-    label = raw_slug if usable else f"deployments[{index}]"
+    label = f"deployments[{index}]"
+    if isinstance(raw_slug, str) and raw_slug and _text_problem(raw_slug) is None:
+        label = raw_slug
     _duplicates(raw, "", label, problems)
     scalars = {k: val for k, val in raw.items() if k not in NESTED_FIELDS}
     values = _typed(scalars, DEPLOYMENT_FIELDS, "", label, problems)
@@ -330,27 +339,25 @@ def _parse_entry(raw: Any, index: int, problems: list) -> _Entry | None:
 
 
 def _deployment_defaults() -> dict[str, Any]:
+    """Return the model's default of every field of the file but the slug and the team."""
     defaults = {}
     for name in DEPLOYMENT_FIELDS:
-        if name in ("slug", "team"):
-            continue
         model_field = Deployment._meta.get_field(name)
-        defaults[name] = model_field.get_default()
+        if name not in ("slug", "team") and isinstance(model_field, models.Field):
+            defaults[name] = model_field.get_default()
     return defaults
 
 
-def _override_signature(items: Iterable[RouteOverride]) -> list[tuple]:
+def _override_signature(items: Iterable[RouteOverride]) -> list[tuple[Any, ...]]:
     return [(o.match, o.path, o.target, o.enabled, o.position, o.note) for o in items]
 
 
 def import_payload(
     *,
-    payload: dict,
+    payload: Any,
     update: bool = False,
     team_slug: str | None = None,
-    actor=None,
-    ip: str | None = None,
-    as_user=None,
+    as_user: User | None = None,
 ) -> ImportReport:
     """Create or (with update) replace the deployments of payload, all or nothing.
 
@@ -359,8 +366,18 @@ def import_payload(
     follows that user's role rules (and is recorded as theirs); without, it acts as the server
     administrator, who counts as an owner.
     """
-    actor = as_user if as_user is not None else actor
-    problems: list[tuple[str, str, str]] = []
+    if as_user is None:
+        return _import(payload=payload, update=update, team_slug=team_slug, as_user=None)
+    # Recorded as as_user's, from wherever the import came.
+    with acting(user=as_user, ip=current_ip()):
+        return _import(payload=payload, update=update, team_slug=team_slug, as_user=as_user)
+
+
+def _import(
+    *, payload: Any, update: bool, team_slug: str | None, as_user: User | None
+) -> ImportReport:
+    """Do import_payload's work as whoever is acting now."""
+    problems: Problems = []
     if not isinstance(payload, dict):
         raise ImportFailed([("file", "file", _("must be a JSON object"))])
     _duplicates(payload, "", "file", problems)
@@ -398,7 +415,7 @@ def import_payload(
     report = ImportReport()
     try:
         with transaction.atomic():
-            teams = _ensure_teams(entries, team_slug, problems, report, ip)
+            teams = _ensure_teams(entries, team_slug, problems, report)
             planned = [
                 _plan(
                     entry,
@@ -419,16 +436,10 @@ def import_payload(
                 ) == _override_signature(overrides)
                 stored = None if created else Deployment.objects.get(pk=deployment.pk)
                 before = destinations.key_origins(stored) if stored is not None else []
-                actions.save_deployment(
-                    deployment=deployment, actor=actor, action="deployment.import", ip=ip
-                )
-                destinations.confirm_own_change(
-                    deployment=deployment, before=before, actor=actor, ip=ip, how="import"
-                )
+                save_deployment(deployment=deployment, action="deployment.import")
+                destinations.confirm_own_change(deployment=deployment, before=before, how="import")
                 if not unchanged_overrides:
-                    actions.replace_overrides(
-                        deployment=deployment, overrides=overrides, actor=actor, ip=ip
-                    )
+                    replace_overrides(deployment=deployment, overrides=overrides)
                 (report.created if created else report.updated).append(deployment.slug)
                 present = set(deployment.keys.values_list("role", flat=True))
                 for role in entry.keys:
@@ -449,9 +460,8 @@ def import_payload(
 def _ensure_teams(
     entries: list[_Entry],
     team_slug: str | None,
-    problems: list,
+    problems: Problems,
     report: ImportReport,
-    ip: str | None,
 ) -> dict[str, Team]:
     """Return the teams the entries go to by slug, creating missing ones (with problems)."""
     wanted = {team_slug} if team_slug else {e.values["team"] for e in entries if "team" in e.values}
@@ -469,12 +479,14 @@ def _ensure_teams(
             problems.append((owner, "team", "; ".join(_messages(exc))))
             continue
         # Commands act as the server administrator: nobody becomes owner of imported teams.
-        teams[slug] = actions.create_team(name=slug, slug=slug, actor=None, ip=ip)
+        teams[slug] = create_team(name=slug, slug=slug, creator_becomes_owner=False)
         report.teams_created.append(slug)
     return teams
 
 
-def _plan(entry: _Entry, team: Team, update: bool, problems: list, *, as_user=None):
+def _plan(
+    entry: _Entry, team: Team, update: bool, problems: Problems, *, as_user: User | None = None
+) -> tuple[Deployment, list[RouteOverride], _Entry]:
     """Return (deployment, overrides, entry) with the file's values applied and validated."""
     existing = Deployment.objects.filter(slug=entry.slug).first()
     if existing is not None and not update:
@@ -531,7 +543,15 @@ def _plan(entry: _Entry, team: Team, update: bool, problems: list, *, as_user=No
     return deployment, overrides, entry
 
 
-def _check_role_rules(entry, deployment, team, existing, stored, as_user, problems) -> None:
+def _check_role_rules(
+    entry: _Entry,
+    deployment: Deployment,
+    team: Team,
+    existing: Deployment | None,
+    stored: dict[str, Any] | None,
+    as_user: User,
+    problems: Problems,
+) -> None:
     """Record what as_user may not do: edit the team, set key destinations, move keys away."""
     needed = Action.EDIT if existing is not None else Action.CREATE
     if not can(as_user, needed, team.pk) or (
@@ -553,8 +573,9 @@ def _check_role_rules(entry, deployment, team, existing, stored, as_user, proble
     ):
         reason = destinations.refusal(team_slug=team.slug).messages[0]
         problems.append((entry.slug, FILE_NAMES.get(name, name), reason))
-    moved = existing is not None and existing.team_id != team.pk and existing.keys.exists()
-    if moved and not destinations.may_set_destination(as_user, existing.team_id):
+    if existing is None or existing.team_id == team.pk or not existing.keys.exists():
+        return
+    if not destinations.may_set_destination(as_user, existing.team_id):
         problems.append(
             (
                 entry.slug,
@@ -565,7 +586,7 @@ def _check_role_rules(entry, deployment, team, existing, stored, as_user, proble
         )
 
 
-def export_payload(*, deployments: Iterable[Deployment]) -> dict:
+def export_payload(*, deployments: Iterable[Deployment]) -> dict[str, Any]:
     """Return the version-1 document of deployments, by slug; key roles only, never secrets."""
     if hasattr(deployments, "select_related"):
         deployments = deployments.select_related("team").prefetch_related("overrides", "keys")
@@ -584,9 +605,7 @@ def export_payload(*, deployments: Iterable[Deployment]) -> dict:
     return {"version": FORMAT_VERSION, "deployments": entries}
 
 
-def export_definitions(
-    *, deployments: Iterable[Deployment], actor=None, ip: str | None = None
-) -> dict:
+def export_definitions(*, deployments: Iterable[Deployment]) -> dict[str, Any]:
     """Return export_payload(deployments) and record the export of each deployment."""
     payload = export_payload(deployments=deployments)
     by_slug = {d.slug: d for d in deployments}
@@ -594,10 +613,8 @@ def export_definitions(
         deployment = by_slug[entry["slug"]]
         audit.record(
             action="definitions.export",
-            actor=actor,
             team=deployment.team_id,
             obj=deployment,
             changes={"keys": entry["keys"]},
-            ip=ip,
         )
     return payload

@@ -1,20 +1,135 @@
-"""Background tasks (django-tasks, run by `manage.py db_worker`): take ids, call one function."""
+"""Background tasks (django-tasks, run by `manage.py db_worker`) and queueing them.
+
+A task takes ids, loads, and calls one function of the domain. Callers queue verification runs
+through start_run / queue_run / enqueue_due here, never by enqueueing a task themselves: a run is
+enqueued once its row is committed, and a queue that fails leaves the run in error, not queued.
+The domain (routes/verification/) never imports this module.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
 from django_tasks import task
 
-from routes.models import VerificationRun
+from routes.alerts import deliver, events
+from routes.context import acting
+from routes.models import Deployment, NotificationDelivery, Team, VerificationRun
+from routes.verification import runs
+
+logger = logging.getLogger(__name__)
 
 
 @task()
-def run_verification(run_id: int, insecure: bool = False) -> dict:
-    """Perform the queued verification run; return its id and status (never a secret)."""
-    from routes.verify import execute_run
+def run_verification(run_id: int, insecure: bool = False) -> dict[str, Any]:
+    """Perform the queued verification run; return its id and status (never a secret).
 
-    run = VerificationRun.objects.filter(pk=run_id).first()
+    Runs whose worker died are swept first: the worker, not a page view, keeps the history true.
+    """
+    runs.sweep_stale_runs()
+    run = VerificationRun.objects.filter(pk=run_id).select_related("triggered_by").first()
     if run is None:
         # Pruned or deleted while queued: nothing to do.
         return {"run": run_id, "status": "missing"}
-    run = execute_run(run=run, verify_tls=False if insecure else None)
+    with acting(user=run.triggered_by):
+        run = runs.execute_run(run=run, verify_tls=False if insecure else None)
+    queue_notifications(run)
     return {"run": run.pk, "status": run.status}
+
+
+def _enqueue(run_id: int, insecure: bool) -> None:
+    try:
+        result = run_verification.enqueue(run_id, insecure)
+    except Exception as exc:  # the queue itself failed: the run must not stay queued forever
+        logger.exception("could not enqueue verification run %s", run_id)
+        VerificationRun.objects.filter(pk=run_id, status=VerificationRun.Status.QUEUED).update(
+            status=VerificationRun.Status.ERROR,
+            finished_at=timezone.now(),
+            error=_("Could not queue the run: %(error)s") % {"error": type(exc).__name__},
+        )
+        return
+    VerificationRun.objects.filter(pk=run_id).update(task_id=str(result.id)[:64])
+
+
+def queue_run(run: VerificationRun, *, insecure: bool = False) -> None:
+    """Enqueue run on the task worker once the current transaction commits."""
+    transaction.on_commit(partial(_enqueue, run.pk, insecure))
+
+
+def start_run(
+    *,
+    deployment: Deployment,
+    trigger: str,
+    base_url: str | None = None,
+    insecure: bool = False,
+) -> VerificationRun:
+    """Create a queued run for the acting user and queue it; return the run."""
+    run = runs.create_run(deployment=deployment, trigger=trigger, base_url=base_url)
+    queue_run(run, insecure=insecure)
+    return run
+
+
+def enqueue_due(
+    *, now: dt.datetime | None = None, team: Team | None = None
+) -> list[VerificationRun]:
+    """Queue a scheduled run for every due job (``verify --due``); return the runs."""
+    due = runs.claim_due_runs(now=now, team=team)
+    for run in due:
+        queue_run(run)
+    return due
+
+
+# --- notifications (routes/alerts/) -----------------------------------------------------------
+
+
+@task()
+def deliver_notification(delivery_id: int) -> dict[str, Any]:
+    """Make one attempt of the delivery; queue the next one when it failed and one is due."""
+    retry = deliver.deliver(delivery_id=delivery_id)
+    if retry is not None:
+        queue_delivery(retry.delivery_id, delay=retry.delay)
+    return {"delivery": delivery_id, "retry": retry.delivery_id if retry else None}
+
+
+def _enqueue_delivery(delivery_id: int, delay: float) -> None:
+    job = deliver_notification
+    # A backend that cannot defer (the immediate one, for tests) retries at once.
+    if delay > 0 and job.get_backend().supports_defer:
+        job = job.using(run_after=timezone.now() + dt.timedelta(seconds=delay))
+    try:
+        job.enqueue(delivery_id)
+    except Exception as exc:  # the queue itself failed: the delivery must not stay pending
+        logger.exception("could not enqueue notification %s", delivery_id)
+        NotificationDelivery.objects.filter(
+            pk=delivery_id, result=NotificationDelivery.Result.PENDING
+        ).update(
+            result=NotificationDelivery.Result.FAILED,
+            finished_at=timezone.now(),
+            error=_("Could not queue the notification: %(error)s") % {"error": type(exc).__name__},
+        )
+
+
+def queue_delivery(delivery_id: int, *, delay: float = 0.0) -> None:
+    """Enqueue the delivery on the task worker once the current transaction commits."""
+    transaction.on_commit(partial(_enqueue_delivery, delivery_id, delay))
+
+
+def queue_notifications(run: VerificationRun) -> list[int]:
+    """Queue the notifications the finished run's change of state calls for; return their ids.
+
+    Never raises: notifying comes after the run, and its failure leaves the run as it is.
+    """
+    try:
+        ids = events.on_run_finished(run)
+    except Exception:
+        logger.exception("notifications of run %s could not be prepared", run.pk)
+        return []
+    for delivery_id in ids:
+        queue_delivery(delivery_id)
+    return ids

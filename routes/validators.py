@@ -4,15 +4,21 @@ Forms, the importer and the models share these validators, so a value refused in
 refused everywhere. Each raises ``ValidationError`` with a message that names the reason.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import re
 import socket
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 from routes.nginx import regexes
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 # RFC 1123 label: letters, digits and inner hyphens, 1..63 characters.
 # \Z, not $: $ also matches before a trailing newline, which would let "name\n" through.
@@ -257,7 +263,10 @@ def validate_cpa_version(value: str) -> None:
 def parse_version(value: str) -> tuple[int, int, int] | None:
     """Return the version as a tuple, or None when it is empty or malformed."""
     match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)\Z", value or "")
-    return tuple(int(x) for x in match.groups()) if match else None  # type: ignore[return-value]
+    if match is None:
+        return None
+    major, minor, patch = (int(x) for x in match.groups())
+    return major, minor, patch
 
 
 def validate_listen_address(value: str) -> None:
@@ -380,6 +389,7 @@ def validate_origin(value: str) -> None:
     authority = re.match(r"^https?://([^/?#]+)", value)
     rest = value[authority.end() :] if authority else ""
     if rest not in ("", "/"):
+        part: StrOrPromise
         if "?" in rest:
             part, code = _("a query (?…)"), "query"
         elif "#" in rest:

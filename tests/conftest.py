@@ -15,6 +15,12 @@ def _plain_static_storage(settings):
     }
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Most tests create several users; PBKDF2 would dominate the run time.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def team(db):
     return Team.objects.create(name="Ops", slug="ops")
@@ -43,9 +49,55 @@ def make_user(db):
 
 
 @pytest.fixture
+def viewer(make_user, team):
+    return make_user("vic", team=team, role="viewer")
+
+
+@pytest.fixture
+def operator(make_user, team):
+    return make_user("oli", team=team, role="operator")
+
+
+@pytest.fixture
+def owner(make_user, team):
+    return make_user("ona", team=team, role="owner")
+
+
+@pytest.fixture
+def outsider(make_user, other_team):
+    """An owner of other_team only."""
+    return make_user("bob", team=other_team, role="owner")
+
+
+@pytest.fixture
+def superuser(make_user):
+    return make_user("root", superuser=True)
+
+
+@pytest.fixture
+def users(viewer, operator, owner, outsider, superuser):
+    """One user per role in team, an owner of other_team and a superuser."""
+    return {
+        "viewer": viewer,
+        "operator": operator,
+        "owner": owner,
+        "outsider": outsider,
+        "superuser": superuser,
+    }
+
+
+@pytest.fixture
 def deployment(team):
     return Deployment.objects.create(
         slug="prod", name="Production", team=team, server_name="api.example.com"
+    )
+
+
+@pytest.fixture
+def theirs(other_team):
+    """A deployment of other_team."""
+    return Deployment.objects.create(
+        slug="theirs", name="Theirs", team=other_team, server_name="theirs.example.com"
     )
 
 

@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 import io
 import json
+from urllib.parse import urlencode
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -20,11 +21,6 @@ from routes.models import AuditEvent, Key
 PASSWORD = "pw-Str0ng-enough!"
 
 
-@pytest.fixture(autouse=True)
-def _fast_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def events(team, other_team):
     """One event in each team and one without a team."""
@@ -39,8 +35,14 @@ def changelist(client, **params):
     return client.get(reverse("admin:routes_auditevent_changelist"), params)
 
 
+def export_url(fmt, **params):
+    """Return the export URL with the changelist's filters, as the export button posts to."""
+    query = urlencode(params)
+    return reverse(f"admin:routes_auditevent_export_{fmt}") + (f"?{query}" if query else "")
+
+
 def export(client, fmt, **params):
-    response = client.get(reverse(f"admin:routes_auditevent_export_{fmt}"), params)
+    response = client.post(export_url(fmt, **params))
     assert response.status_code == 200, response.status_code
     return b"".join(response.streaming_content).decode()
 
@@ -80,6 +82,7 @@ def test_staff_without_a_team_cannot_open_the_trail(client, make_user, events):
     client.force_login(make_user("drifter"))
     assert changelist(client).status_code == 403
     assert client.get(reverse("admin:routes_auditevent_export_csv")).status_code == 403
+    assert client.post(reverse("admin:routes_auditevent_export_csv")).status_code == 403
 
 
 def test_filters_by_team_user_object_and_action(client, make_user, team, events):
@@ -162,7 +165,7 @@ def test_the_changelist_export_links_keep_the_current_filters(client, make_user,
 
 def test_an_unknown_export_filter_is_a_clear_400(client, make_user, team, events):
     client.force_login(make_user("olga", team=team, role="owner"))
-    response = client.get(reverse("admin:routes_auditevent_export_csv"), {"bogus__x": "1"})
+    response = client.post(export_url("csv", bogus__x="1"))
     assert response.status_code == 400
 
 
@@ -183,6 +186,22 @@ def test_exports_are_recorded(client, make_user, team, events):
     event = AuditEvent.objects.get(action="audit.export")
     assert event.actor == owner
     assert event.changes == {"format": "csv", "count": 1, "filters": "action=deployment.change"}
+
+
+def test_a_get_of_the_export_is_refused_and_records_nothing(client, make_user, team, events):
+    client.force_login(make_user("olga", team=team, role="owner"))
+    for fmt in ("csv", "jsonl"):
+        response = client.get(export_url(fmt, action="deployment.change"))
+        assert response.status_code == 405
+        assert response["Allow"] == "POST"
+    assert not AuditEvent.objects.filter(action="audit.export").exists()
+
+
+def test_the_changelist_offers_the_exports_as_post_buttons(client, make_user, team, events):
+    client.force_login(make_user("olga", team=team, role="owner"))
+    html = changelist(client).content.decode()
+    for fmt in ("csv", "jsonl"):
+        assert f'<form method="post" action="{export_url(fmt)}"' in html
 
 
 def test_csv_cells_cannot_become_spreadsheet_formulas(client, make_user, team):

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from routes import probes, verify, verify_checks
 from routes.models import VerificationRun
 from routes.nginx.export import self_signed_certificate
-from routes.probes import MAX_BODY, MIN_PREFIX, REDACTED, Redactor, send
-from routes.verify_checks import CHECKS, EXCERPT_CHARS, CheckOutcome, build_context, excerpt
+from routes.verification import http, runner, runs
+from routes.verification.checks import CHECKS
+from routes.verification.http import MAX_BODY, MIN_PREFIX, REDACTED, Redactor, send
+from routes.verification.outcomes import EXCERPT_CHARS, CheckOutcome, excerpt
+from routes.verification.runner import build_context
 from tests.fakes.stack import store_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +128,7 @@ def answer(body: bytes, *, status: str = "200 OK", headers: str = "") -> Callabl
     return handler
 
 
-def timed_send(url: str, *, timeout: float, **kwargs) -> tuple[probes.Probe, float]:
+def timed_send(url: str, *, timeout: float, **kwargs) -> tuple[http.Probe, float]:
     started = time.monotonic()
     probe = send(
         method="GET", url=url, timeout=timeout, verify=kwargs.pop("verify", True), **kwargs
@@ -204,7 +206,7 @@ def test_a_check_against_a_dripping_server_is_a_timeout_of_its_own_length(deploy
     with Loopback(drip_body) as server:
         ctx = build_context(deployment, base_url=server.url, verify_tls=True, timeout=2, keys={})
         started = time.monotonic()
-        outcome = verify_checks.run_check(CHECKS["cpamp_health"], ctx)
+        outcome = runner.run_check(CHECKS["cpamp_health"], ctx)
         elapsed = time.monotonic() - started
     assert elapsed < 2 + SLACK
     assert outcome.timed_out and not outcome.passed
@@ -238,7 +240,7 @@ def test_a_run_stops_waiting_at_its_deadline_and_reports_unfinished_checks_as_ti
             release.wait(30)
         return passing(check)
 
-    monkeypatch.setattr(verify_checks, "run_check", fake)
+    monkeypatch.setattr(runner, "run_check", fake)
     plan = [
         CHECKS[i]
         for i in ("panel", "cpa_health", "management_config", "management_refuses_api_key")
@@ -246,11 +248,11 @@ def test_a_run_stops_waiting_at_its_deadline_and_reports_unfinished_checks_as_ti
     ctx = build_context(
         deployment, base_url="http://127.0.0.1:9", verify_tls=True, timeout=0.5, keys={}
     )
-    budget = verify_checks.run_budget(plan, timeout=0.5)
+    budget = runner.run_budget(plan, timeout=0.5)
     stored: list[str] = []
     started = time.monotonic()
     try:
-        outcomes = verify_checks.run_checks(
+        outcomes = runner.run_checks(
             ctx, plan, on_results=lambda batch: stored.extend(o.check_id for o in batch)
         )
         elapsed = time.monotonic() - started
@@ -279,27 +281,27 @@ def test_checks_that_each_use_their_whole_timeout_all_finish_inside_the_run_dead
     timeout = 0.2
 
     def slow(check, ctx):
-        time.sleep(timeout * (2 if check.kind == "certificate" else 1))
+        time.sleep(timeout * check.requests)
         return passing(check)
 
-    monkeypatch.setattr(verify_checks, "run_check", slow)
+    monkeypatch.setattr(runner, "run_check", slow)
     deployment.tls = True
     plan = list(CHECKS.values())
     ctx = build_context(
         deployment, base_url="http://127.0.0.1:9", verify_tls=True, timeout=timeout, keys={}
     )
-    outcomes = verify_checks.run_checks(ctx, plan)
+    outcomes = runner.run_checks(ctx, plan)
     assert len(outcomes) == len(plan)
     assert all(o.passed for o in outcomes), [o.check_id for o in outcomes if not o.passed]
 
 
 @pytest.mark.django_db
 def test_a_run_stores_its_deadline_when_a_worker_claims_it(deployment):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     job.timeout_seconds = 0.5
     job.save()
-    run = verify.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
-    budget = verify_checks.run_budget(verify.planned_checks(job), timeout=0.5)
+    run = runs.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
+    budget = runner.run_budget(runs.planned_checks(job), timeout=0.5)
     assert run.deadline_at - run.started_at == dt.timedelta(seconds=budget)
     assert run.finished_at <= run.deadline_at
 
@@ -308,21 +310,21 @@ def test_a_run_stores_its_deadline_when_a_worker_claims_it(deployment):
 def test_a_live_run_inside_its_own_deadline_is_never_marked_as_stopped(deployment, settings):
     # A slow job: its deadline lies beyond the old fixed 300 s, which swept it while it ran.
     settings.CONSOLE_RUN_STALE_AFTER = 60
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     job.timeout_seconds = 120
     job.save()
     started = timezone.now() - dt.timedelta(seconds=301)
-    deadline = verify.run_deadline(job, started_at=started)
+    deadline = runs.run_deadline(job, started_at=started)
     assert deadline > started + dt.timedelta(seconds=241)
     run = VerificationRun.objects.create(
         job=job, trigger="manual", status="running", started_at=started, deadline_at=deadline
     )
-    assert verify.mark_stale_runs() == 0
-    assert verify.mark_stale_runs(now=deadline + dt.timedelta(seconds=59)) == 0
+    assert runs.sweep_stale_runs() == 0
+    assert runs.sweep_stale_runs(now=deadline + dt.timedelta(seconds=59)) == 0
     run.refresh_from_db()
     assert run.status == VerificationRun.Status.RUNNING
     later = deadline + dt.timedelta(seconds=61)
-    assert verify.mark_stale_runs(now=later) == 1
+    assert runs.sweep_stale_runs(now=later) == 1
     run.refresh_from_db()
     assert run.status == VerificationRun.Status.ERROR
     waited = int((later - started).total_seconds())
@@ -334,19 +336,19 @@ def test_a_run_in_progress_survives_a_sweep_even_with_no_grace_at_all(
     deployment, settings, monkeypatch
 ):
     settings.CONSOLE_RUN_STALE_AFTER = 0
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     job.timeout_seconds = 0.5
     job.save()
     sweeps: list[int] = []
-    real = verify.run_checks
+    real = runs.run_checks
 
     def sweeping(ctx, plan, **kwargs):
         # Another request sweeps while this worker is busy with the checks.
-        sweeps.append(verify.mark_stale_runs())
+        sweeps.append(runs.sweep_stale_runs())
         return real(ctx, plan, **kwargs)
 
-    monkeypatch.setattr(verify, "run_checks", sweeping)
-    run = verify.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
+    monkeypatch.setattr(runs, "run_checks", sweeping)
+    run = runs.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
     assert sweeps == [0]
     assert run.status == VerificationRun.Status.FAILED and not run.error
 
@@ -377,18 +379,19 @@ def test_one_teams_slow_upstream_does_not_hold_back_another_teams_run(tmp_path):
     with Loopback(drip_body) as slow, Loopback(answer(b"not here", status="404 Not Found")) as fast:
         setup = f"""
 from django.db import transaction
-from routes import verify
+from routes import tasks
 from routes.models import Deployment, Team
+from routes.verification import runs
 for slug, url in (("slow", {slow.url!r}), ("fast", {fast.url!r})):
     team = Team.objects.create(name=slug, slug=slug)
     deployment = Deployment.objects.create(
         slug=slug, name=slug, team=team, server_name=slug + ".example.com"
     )
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     job.base_url, job.timeout_seconds = url, 2
     job.save()
     with transaction.atomic():
-        verify.start_run(deployment=deployment, trigger="manual")
+        tasks.start_run(deployment=deployment, trigger="manual")
 """
         manage("shell", "-c", setup)
         workers = [
@@ -550,7 +553,7 @@ def test_stored_headers_and_excerpts_show_no_secret_prefix_at_their_cuts(deploym
         )
         for pad in range(200 - len(SECRET) - 30, 200):
             check = replace(CHECKS["cpa_fallback"], path=f"/probe?pad={pad}")
-            outcome = verify_checks.run_check(check, ctx)
+            outcome = runner.run_check(check, ctx)
             assert outcome.status_code == 404, outcome.diagnosis
             assert shown(outcome.details["location"]) == [], pad
             assert shown(outcome.excerpt) == [], pad
@@ -570,7 +573,7 @@ def test_a_broken_status_line_echoing_a_secret_leaves_no_prefix_in_the_diagnosis
         )
         for pad in range(300 - len(SECRET) - 20, 300):
             check = replace(CHECKS["cpa_health"], path=f"/{pad}")
-            outcome = verify_checks.run_check(check, ctx)
+            outcome = runner.run_check(check, ctx)
             assert outcome.details == {"error": "connection"}, outcome.diagnosis
             assert shown(outcome.diagnosis) == [], pad
 
@@ -583,14 +586,14 @@ def test_a_run_error_echoing_a_secret_leaves_no_prefix_at_its_cut(deployment, mo
     def failing(ctx, plan, **kwargs):
         raise RuntimeError(messages[-1])
 
-    monkeypatch.setattr(verify, "run_checks", failing)
+    monkeypatch.setattr(runs, "run_checks", failing)
     cut = 500 - len("RuntimeError: ")
     for pad in range(cut - len(SECRET) - 1, cut + 1, 3):
         messages.append("." * pad + SECRET + " trailing words")
-        run = verify.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
+        run = runs.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
         assert run.status == VerificationRun.Status.ERROR
         assert run.error.startswith("RuntimeError: ...")
         assert shown(run.error) == [], pad
     messages.append("upstream said: " + SECRET[:20])
-    run = verify.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
+    run = runs.verify_now(deployment=deployment, base_url="http://127.0.0.1:9")
     assert run.error == "RuntimeError: upstream said: " + REDACTED

@@ -7,14 +7,12 @@ import threading
 import pytest
 from django.db import connection, connections
 
-from routes import actions
+from routes.context import acting
 from routes.models import Deployment, RouteOverride
+from routes.workflows.deployments import save_deployment
+from routes.workflows.keys import set_key
+from routes.workflows.versions import StaleVersion, claim_version
 from tests.test_admin import api_secret, change_url, deployment_data, override_rows
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -73,7 +71,8 @@ def test_saving_again_after_seeing_the_conflict_is_a_deliberate_overwrite(
     stale = loaded_form_data(client, deployment, server_name="alice.example.com")
     theirs = Deployment.objects.get(pk=deployment.pk)
     theirs.notes = "bob was here"
-    actions.save_deployment(deployment=theirs, actor=bob, expected_version=1)
+    with acting(user=bob):
+        save_deployment(deployment=theirs, expected_version=1)
 
     refused = client.post(change_url(deployment), stale)
     assert refused.status_code == 200
@@ -116,7 +115,8 @@ def test_an_override_edit_on_an_old_version_is_refused_too(client, alice, bob, d
     rows = override_rows(deployment)
     rows[0]["target"] = "cpa"
     stale = loaded_form_data(client, deployment, overrides=rows)
-    actions.set_key(deployment=deployment, role="cpa_api", secret=api_secret(), actor=bob)
+    with acting(user=bob):
+        set_key(deployment=deployment, role="cpa_api", secret=api_secret())
 
     refused = client.post(change_url(deployment), stale)
     assert refused.status_code == 200
@@ -125,13 +125,14 @@ def test_an_override_edit_on_an_old_version_is_refused_too(client, alice, bob, d
 
 
 def test_a_key_rotated_meanwhile_refuses_a_stale_key_edit(client, alice, bob, deployment):
-    first = actions.set_key(deployment=deployment, role="cpa_api", label="ci", secret=api_secret())
+    first = set_key(deployment=deployment, role="cpa_api", label="ci", secret=api_secret())
     deployment.refresh_from_db()
     client.force_login(alice)
     stale = loaded_form_data(client, deployment)
     stale["keys-0-label"] = "renamed"
     rotated = api_secret()
-    actions.set_key(deployment=deployment, role="cpa_api", label="ci", secret=rotated, actor=bob)
+    with acting(user=bob):
+        set_key(deployment=deployment, role="cpa_api", label="ci", secret=rotated)
 
     refused = client.post(change_url(deployment), stale)
     assert refused.status_code == 200
@@ -145,20 +146,18 @@ def test_save_deployment_refuses_an_expected_version_that_moved_on(deployment):
     mine = Deployment.objects.get(pk=deployment.pk)
     theirs = Deployment.objects.get(pk=deployment.pk)
     theirs.name = "Theirs"
-    actions.save_deployment(deployment=theirs, expected_version=1)
+    save_deployment(deployment=theirs, expected_version=1)
     mine.name = "Mine"
-    with pytest.raises(actions.StaleVersion):
-        actions.save_deployment(deployment=mine, expected_version=1)
+    with pytest.raises(StaleVersion):
+        save_deployment(deployment=mine, expected_version=1)
     deployment.refresh_from_db()
     assert (deployment.name, deployment.version) == ("Theirs", 2)
 
 
 def test_claim_version_lets_only_one_of_two_claims_on_a_version_through(deployment):
-    assert actions.claim_version(deployment=deployment, expected_version=1) == 2
-    with pytest.raises(actions.StaleVersion):
-        actions.claim_version(
-            deployment=Deployment.objects.get(pk=deployment.pk), expected_version=1
-        )
+    assert claim_version(deployment=deployment, expected_version=1) == 2
+    with pytest.raises(StaleVersion):
+        claim_version(deployment=Deployment.objects.get(pk=deployment.pk), expected_version=1)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -179,9 +178,9 @@ def test_two_threads_saving_the_same_version_never_both_win():
             copy = Deployment.objects.get(pk=deployment.pk)
             copy.name = name
             barrier.wait(timeout=10)
-            actions.save_deployment(deployment=copy, expected_version=1)
+            save_deployment(deployment=copy, expected_version=1)
             outcomes.append("saved")
-        except actions.StaleVersion:
+        except StaleVersion:
             outcomes.append("stale")
         finally:
             connections.close_all()

@@ -36,13 +36,6 @@ def second(team):
     )
 
 
-@pytest.fixture
-def foreign(other_team):
-    return Deployment.objects.create(
-        slug="theirs", name="Theirs", team=other_team, server_name="theirs.example.com"
-    )
-
-
 def manifest(directory: Path) -> dict:
     return json.loads((directory / MANIFEST).read_text())["files"]
 
@@ -151,7 +144,7 @@ def test_exporting_named_deployments_removes_nothing(deployment, second, tmp_pat
     assert (tmp_path / "staging.conf").exists()
 
 
-def test_a_team_export_prunes_only_that_teams_files(deployment, foreign, tmp_path):
+def test_a_team_export_prunes_only_that_teams_files(deployment, theirs, tmp_path):
     write_export(deployments=Deployment.objects.all(), output_dir=tmp_path)
     deployment.delete()
     result = write_export(
@@ -283,7 +276,7 @@ def test_the_command_names_unknown_slugs(deployment, tmp_path):
         ((), "slugs, or --all"),
         (("prod", "--all"), "not both"),
         (("prod", "--team", "ops"), "--team only works with --all"),
-        (("--all", "--team", "nope"), "Unknown team: nope"),
+        (("--all", "--team", "nope"), "--team: no team with slug 'nope'"),
         (("prod", "--stdout", "--compose"), "--compose"),
         (("prod", "--stdout", "--output-dir", "/tmp/x"), "--output-dir"),
     ],
@@ -324,7 +317,7 @@ def test_the_command_refuses_an_invalid_deployment_and_writes_nothing(deployment
     assert not any(tmp_path.iterdir())
 
 
-def test_all_with_a_team_exports_only_that_team(deployment, foreign, tmp_path):
+def test_all_with_a_team_exports_only_that_team(deployment, theirs, tmp_path):
     export("--all", "--team", "other", "--output-dir", str(tmp_path))
     assert sorted(p.name for p in tmp_path.glob("*.conf")) == [COMMON_FILENAME, "theirs.conf"]
 

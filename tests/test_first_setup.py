@@ -12,11 +12,6 @@ ADMIN_KEY = "cpamp_" + "A1b2C3d4" * 4
 MANAGEMENT_KEY = "mgmt-Key-for-first-setup-9876"
 
 
-@pytest.fixture(autouse=True)
-def _fast_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def keys(deployment):
     stored = {}

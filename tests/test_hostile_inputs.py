@@ -18,10 +18,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from routes.files import TEMP_NAME
 from routes.management.commands.export_nginx import Command as ExportNginx
-from routes.models import AuditEvent, ConfigExport, Deployment, RouteOverride, Team
+from routes.models import ConfigExport, Deployment
 from routes.nginx import export, sandbox
 from routes.nginx.render import COMMON_FILENAME, render_common, render_site
+from tests.test_portable import snapshot_everything as snapshot
 
 GOOD = {"slug": "x", "team": "ops", "server_name": "x.example.com"}
 
@@ -40,16 +42,6 @@ def finishes_within(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def snapshot() -> list:
-    """Return every row an import may touch, to prove that nothing was half-written."""
-    return [
-        list(Team.objects.values()),
-        list(Deployment.objects.values()),
-        list(RouteOverride.objects.values()),
-        list(AuditEvent.objects.values()),
-    ]
 
 
 def refused(source, **kwargs) -> list[str]:
@@ -346,6 +338,8 @@ def test_the_config_page_with_a_fifo_certificate_answers_and_says_so(client, mak
     client.force_login(make_user("op", team=team, role="operator"))
     started = time.monotonic()
     with finishes_within(30):
+        # The page shows the stored nginx -t; "Test with nginx" (a POST) runs it.
+        client.post(reverse("admin:routes_deployment_config_test", args=[deployment.pk]))
         response = client.get(reverse("admin:routes_deployment_config", args=[deployment.pk]))
     assert time.monotonic() - started < 20
     assert response.status_code == 200
@@ -415,6 +409,8 @@ def test_the_config_page_says_nginx_t_did_not_finish(
     client, make_user, team, deployment, hanging_nginx
 ):
     client.force_login(make_user("op", team=team, role="operator"))
+    # The page shows the stored nginx -t; "Test with nginx" (a POST) runs it.
+    client.post(reverse("admin:routes_deployment_config_test", args=[deployment.pk]))
     response = client.get(reverse("admin:routes_deployment_config", args=[deployment.pk]))
     assert response.status_code == 200
     page = response.content.decode()
@@ -480,7 +476,7 @@ def test_a_killed_exports_temporary_files_are_gone_after_the_next_export(
     left = export_killed_after(monkeypatch, changed, output_dir, renames=renames)
     # renames=0: killed while replacing the manifest; 1: the manifest is done, prod.conf not.
     expected_target = export.MANIFEST if renames == 0 else "prod.conf"
-    assert [export._TEMP_NAME.match(name).group("target") for name in left] == [expected_target]
+    assert [TEMP_NAME.match(name).group("target") for name in left] == [expected_target]
     # Names of the same shape for files the console does not own stay where they are.
     foreign = [".nginx.conf.abcd1234.tmp", ".prod.conf.tmp", "prod.conf.abcd1234.tmp"]
     for name in foreign:

@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from routes import actions
 from routes.models import AuditEvent, Deployment, Key, Membership, RouteOverride
+from routes.workflows.keys import set_key
 from tests.test_admin import (
     ADD_URL,
     CHANGELIST_URL,
@@ -25,16 +25,11 @@ from tests.test_admin import (
 SECRET = "sk-team-a-only-secret-1"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def team_a_deployment(deployment):
     """Team A ("ops") owns prod, with an override and an API key."""
     RouteOverride.objects.create(deployment=deployment, path="/config/", target="cpamp")
-    actions.set_key(deployment=deployment, role="cpa_api", label="team-a-ci", secret=SECRET)
+    set_key(deployment=deployment, role="cpa_api", label="team-a-ci", secret=SECRET)
     deployment.refresh_from_db()
     return deployment
 

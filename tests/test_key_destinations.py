@@ -23,37 +23,28 @@ from django.urls import reverse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routes import destinations, verify
 from routes import keys as keyring
 from routes import validators as v
+from routes.context import acting
 from routes.models import (
     AuditEvent,
+    CheckResult,
     Deployment,
     Key,
     Membership,
     RouteOverride,
     Team,
     VerificationJob,
+    VerificationRun,
 )
+from routes.verification import destinations, runs
 from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, free_port, store_key
 from tests.test_admin import deployment_data, messages_of, new_deployment_data
+from tests.test_wizard import step1 as wizard_step1
 
 SECRETS = (ADMIN_KEY, API_KEY, MANAGEMENT_KEY)
 CHANGE = "admin:routes_deployment_change"
 ONLY_OWNER = "only an owner of team ops may change where keys are sent"
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def users(make_user, team):
-    return {
-        "operator": make_user("oli", team=team, role="operator"),
-        "owner": make_user("ona", team=team, role="owner"),
-    }
 
 
 # --- a host that records what it receives -----------------------------------------------------
@@ -134,15 +125,16 @@ def keyed_deployment(team, owner, **fields) -> Deployment:
     store_key(deployment, keyring.CPAMP_ADMIN, ADMIN_KEY, custom_format=True)
     store_key(deployment, keyring.CPA_MANAGEMENT, MANAGEMENT_KEY, custom_format=True)
     store_key(deployment, keyring.CPA_API, API_KEY, custom_format=True)
-    destinations.confirm_destination(deployment=deployment, actor=owner)
+    with acting(user=owner):
+        destinations.confirm_destination(deployment=deployment)
     return deployment
 
 
 def stored_text(deployment) -> str:
     rows = [
         list(AuditEvent.objects.values()),
-        list(verify.VerificationRun.objects.values()),
-        list(verify.CheckResult.objects.values()),
+        list(VerificationRun.objects.values()),
+        list(CheckResult.objects.values()),
         list(Key.objects.filter(deployment=deployment).values("last_validation_detail")),
     ]
     return repr(rows)
@@ -269,14 +261,14 @@ def test_verify_refuses_a_base_url_that_is_not_an_origin(deployment, url, reason
     assert caught.value.returncode == 2
     assert str(caught.value).startswith("--base-url:")
     assert reason in str(caught.value)
-    assert not verify.VerificationRun.objects.exists()
+    assert not VerificationRun.objects.exists()
 
 
 def test_a_run_whose_stored_base_url_is_not_an_origin_ends_in_a_clear_error(deployment):
     # Stored before this rule existed: the run refuses it instead of sending the checks.
-    run = verify.create_run(deployment=deployment, trigger="manual", base_url="http://a.b/x?")
-    run = verify.execute_run(run=run)
-    assert run.status == verify.Status.ERROR
+    run = runs.create_run(deployment=deployment, trigger="manual", base_url="http://a.b/x?")
+    run = runs.execute_run(run=run)
+    assert run.status == runs.Status.ERROR
     assert "A base URL is an origin" in run.error
     assert not run.results.exists()
 
@@ -392,7 +384,7 @@ def job_data(**changes) -> dict:
 
 def test_an_operator_may_not_change_the_job_base_url(client, users, team):
     deployment = keyed_deployment(team, users["owner"])
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     client.force_login(users["operator"])
     url = reverse("admin:routes_verificationjob_change", args=[job.pk])
     response = client.post(url, job_data(base_url="http://127.0.0.1:9999", timeout_seconds="5"))
@@ -419,7 +411,7 @@ def test_an_operator_may_not_add_a_job_with_its_own_base_url(client, users, team
 
 def test_an_owner_sets_the_job_base_url_and_it_is_confirmed(client, users, team):
     deployment = keyed_deployment(team, users["owner"])
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     client.force_login(users["owner"])
     url = reverse("admin:routes_verificationjob_change", args=[job.pk])
     response = client.post(url, job_data(base_url="http://127.0.0.1:9999"))
@@ -427,28 +419,6 @@ def test_an_owner_sets_the_job_base_url_and_it_is_confirmed(client, users, team)
     deployment.refresh_from_db()
     assert "http://127.0.0.1:9999 (Host: localhost:9999)" in deployment.keys_confirmed_origins
     assert destinations.unconfirmed_origins(deployment) == []
-
-
-def wizard_step1(team, **changes) -> dict:
-    data = {
-        "team": team.pk,
-        "name": "Production",
-        "slug": "prod",
-        "mode": "manager_server",
-        "topology": "docker",
-        "server_name": "api.example.com",
-        "cpa_upstream": "",
-        "cpamp_upstream": "",
-        "cpamp_cpa_url": "",
-        "listen_address": "",
-        "http_port": "80",
-        "https_port": "443",
-        "verification_base_url": "",
-        "ssl_certificate": "",
-        "ssl_certificate_key": "",
-    }
-    data.update(changes)
-    return data
 
 
 @pytest.mark.parametrize(
@@ -622,7 +592,7 @@ def test_an_operators_edit_that_moves_the_checks_sends_no_key_until_an_owner_con
             listener.origin.replace("127.0.0.1", "localhost")
         ]
 
-        run = verify.verify_now(deployment=deployment)
+        run = runs.verify_now(deployment=deployment)
         assert listener.requests, "the checks should reach the new destination"
         assert listener.authorizations() == []
         assert not listener.received_a_secret()
@@ -639,7 +609,7 @@ def test_an_operators_edit_that_moves_the_checks_sends_no_key_until_an_owner_con
             assert by_id[check_id].details.get("skipped") is True, check_id
             assert "Keys held back" in by_id[check_id].diagnosis
         assert "Keys are held back from" in run.error
-        assert run.status == verify.Status.FAILED
+        assert run.status == runs.Status.FAILED
         assert not any(secret in stored_text(deployment) for secret in SECRETS)
 
         # The owner confirms what the page shows; the same run now carries the keys.
@@ -650,7 +620,7 @@ def test_an_operators_edit_that_moves_the_checks_sends_no_key_until_an_owner_con
         response = client.post(confirm_url(deployment), {"confirm_origins": origins})
         assert response.status_code == 302
         listener.requests.clear()
-        verify.verify_now(deployment=deployment)
+        runs.verify_now(deployment=deployment)
         sent = listener.authorizations()
         assert f"Bearer {API_KEY}" in sent and f"Bearer {ADMIN_KEY}" in sent
         assert f"Bearer {MANAGEMENT_KEY}" not in sent  # that one only ever goes to the CPA URL
@@ -719,10 +689,11 @@ def test_turning_https_on_moves_the_destination_and_holds_keys_back(users, team,
     deployment.https_port = 8443
     deployment.ssl_certificate = "/etc/ssl/a.pem"
     deployment.ssl_certificate_key = "/etc/ssl/a.key"
-    from routes import actions
+    from routes.workflows.deployments import save_deployment
 
-    actions.save_deployment(deployment=deployment, actor=users["operator"])
-    destinations.confirm_own_change(deployment=deployment, before=[], actor=users["operator"])
+    with acting(user=users["operator"]):
+        save_deployment(deployment=deployment)
+        destinations.confirm_own_change(deployment=deployment, before=[])
     assert destinations.unconfirmed_origins(deployment) == ["https://localhost:8443"]
 
 
@@ -736,7 +707,8 @@ def test_a_new_server_name_behind_a_confirmed_address_holds_keys_back(client, us
         )
         Deployment.objects.filter(pk=deployment.pk).update(verification_base_url=listener.origin)
         deployment.refresh_from_db()
-        destinations.confirm_destination(deployment=deployment, actor=users["owner"])
+        with acting(user=users["owner"]):
+            destinations.confirm_destination(deployment=deployment)
         assert f"{listener.origin} (Host: api.example.com:{listener.port})" in (
             deployment.keys_confirmed_origins
         )
@@ -747,7 +719,7 @@ def test_a_new_server_name_behind_a_confirmed_address_holds_keys_back(client, us
         )
         assert response.status_code == 302
         deployment.refresh_from_db()
-        verify.verify_now(deployment=deployment)
+        runs.verify_now(deployment=deployment)
         hosts = {headers.get("Host") for _m, _p, headers in listener.requests}
         assert hosts == {f"other.example.com:{listener.port}"}
         assert listener.authorizations() == [] and not listener.received_a_secret()
@@ -760,8 +732,9 @@ def test_a_key_is_never_sent_after_a_redirect(users, team):
             deployment = keyed_deployment(team, users["owner"])
             deployment.verification_base_url = confirmed.origin
             deployment.save()
-            destinations.confirm_destination(deployment=deployment, actor=users["owner"])
-            verify.verify_now(deployment=deployment)
+            with acting(user=users["owner"]):
+                destinations.confirm_destination(deployment=deployment)
+            runs.verify_now(deployment=deployment)
             # The confirmed origin got the keys and answered 302; nothing followed it.
             assert f"Bearer {API_KEY}" in confirmed.authorizations()
             assert elsewhere.requests == []
@@ -787,7 +760,8 @@ def test_test_this_key_sends_nothing_to_an_unconfirmed_destination(client, users
         assert event.changes["result"] == "not tried"
 
         deployment.refresh_from_db()
-        destinations.confirm_destination(deployment=deployment, actor=users["owner"])
+        with acting(user=users["owner"]):
+            destinations.confirm_destination(deployment=deployment)
         client.post(url)
         assert f"Bearer {API_KEY}" in listener.authorizations()
 
@@ -800,7 +774,8 @@ def test_test_this_key_for_the_management_key_follows_the_cpa_url(users, team):
         Deployment.objects.filter(pk=deployment.pk).update(cpamp_cpa_url=listener.origin)
         deployment.refresh_from_db()
         key = Key.objects.get(deployment=deployment, role=keyring.CPA_MANAGEMENT)
-        result = verify.probe_key(key=key, actor=users["operator"])
+        with acting(user=users["operator"]):
+            result = runs.probe_key(key=key)
         assert result.ok is None and "Keys held back" in result.detail
         assert listener.requests == []
 
@@ -822,8 +797,8 @@ def test_a_queued_run_of_an_unconfirmed_destination_sends_no_key(users, team):
         deployment = keyed_deployment(team, users["owner"])
         Deployment.objects.filter(pk=deployment.pk).update(http_port=listener.port)
         deployment.refresh_from_db()
-        run = verify.create_run(deployment=deployment, trigger="manual")
-        verify.execute_run(run=run)
+        run = runs.create_run(deployment=deployment, trigger="manual")
+        runs.execute_run(run=run)
         assert listener.requests and listener.authorizations() == []
 
 

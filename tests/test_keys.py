@@ -11,9 +11,9 @@ from django.db import IntegrityError, connection, transaction
 from django.urls import resolve, reverse
 from django.views.debug import SafeExceptionReporterFilter
 
-from routes import actions
 from routes import keys as keyring
 from routes.models import AuditEvent, Deployment, Key, KeyRotation, Team
+from routes.workflows.keys import check_key, delete_key, set_key
 
 ADMIN_NEW = "cpamp_" + "aB3dE5gH" * 4
 ADMIN_OLD = "cmp_admin_" + "A" * 42 + "_"
@@ -62,7 +62,8 @@ def test_cpa_template_placeholders_are_refused_as_api_keys(placeholder):
 @pytest.mark.parametrize(
     ("secret", "code"),
     [
-        ("short", "length"),
+        # Issue 11: CPA takes any non-empty key; only empty and over 512 are refused.
+        ("", "length"),
         ("x" * 513, "length"),
         ("with space 123", "whitespace"),
         ("tab\tinside12", "whitespace"),
@@ -73,6 +74,28 @@ def test_every_role_refuses_bad_lengths_and_whitespace(role, secret, code):
     assert code in codes(role, secret, custom_format=True)
 
 
+@pytest.mark.parametrize("role", [keyring.CPA_MANAGEMENT, keyring.CPA_API])
+@pytest.mark.parametrize("secret", ["Q", "zQ9xW", "x" * 15])
+def test_a_short_key_is_accepted_with_a_short_key_warning(role, secret):
+    assert keyring.check_shape(role, secret) == []
+    warnings = keyring.shape_warnings(role, secret)
+    assert [w.code for w in warnings] == ["short_key"]
+    assert str(warnings[0].message).startswith(f"{keyring.ROLE_LABELS[role]}: short key")
+    assert secret not in str(warnings[0].message)
+
+
+def test_a_key_of_sixteen_characters_has_no_warning_and_shows_no_end_when_short():
+    assert keyring.shape_warnings(keyring.CPA_API, "x" * 16) == []
+    # Four last characters of a seven-character key would be most of it.
+    assert keyring.last4("abcdefg") == "" and keyring.last4("abcdefgh") == "efgh"
+
+
+def test_every_other_role_rule_still_refuses_a_short_key():
+    assert codes(keyring.CPA_API, "a b") == {"whitespace"}
+    assert codes(keyring.CPAMP_ADMIN, "cpamp_x") == {"admin_format"}
+    assert codes(keyring.CPA_MANAGEMENT, "cpamp_") == {"looks_like_admin_key"}
+
+
 def test_every_refusal_names_the_role():
     for role, label in keyring.ROLE_LABELS.items():
         for refusal in keyring.check_shape(role, "x y"):
@@ -80,19 +103,17 @@ def test_every_refusal_names_the_role():
 
 
 def test_check_key_refuses_reuse_across_roles_and_a_second_single_role_key(deployment):
-    actions.set_key(deployment=deployment, role=keyring.CPAMP_ADMIN, secret=ADMIN_NEW)
-    actions.set_key(deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-1")
-    reuse = actions.check_key(deployment=deployment, role=keyring.CPA_API, secret="mgmt-secret-1")
+    set_key(deployment=deployment, role=keyring.CPAMP_ADMIN, secret=ADMIN_NEW)
+    set_key(deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-1")
+    reuse = check_key(deployment=deployment, role=keyring.CPA_API, secret="mgmt-secret-1")
     assert [r.code for r in reuse] == ["reuse"]
     assert "CPA API Key" in reuse[0].message and "CPA Management Key" in reuse[0].message
-    second = actions.check_key(
-        deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-2"
-    )
+    second = check_key(deployment=deployment, role=keyring.CPA_MANAGEMENT, secret="mgmt-secret-2")
     assert [r.code for r in second] == ["single_role"]
     # Replacing the stored key itself is a rotation, not a second key.
     stored = deployment.keys.get(role=keyring.CPA_MANAGEMENT)
     assert (
-        actions.check_key(
+        check_key(
             deployment=deployment,
             role=keyring.CPA_MANAGEMENT,
             secret="mgmt-secret-2",
@@ -106,8 +127,8 @@ def test_the_same_secret_may_live_in_two_deployments(deployment, team):
     other = Deployment.objects.create(
         slug="other", name="O", team=team, server_name="o.example.com"
     )
-    actions.set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-shared-1234")
-    actions.set_key(deployment=other, role=keyring.CPA_API, secret="sk-shared-1234")
+    set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-shared-1234")
+    set_key(deployment=other, role=keyring.CPA_API, secret="sk-shared-1234")
     assert Key.objects.count() == 2
 
 
@@ -122,8 +143,8 @@ def test_the_database_refuses_a_second_single_role_key(deployment):
 
 
 def test_deleting_a_key_is_recorded_without_its_value(deployment):
-    key = actions.set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-delete-me-1")
-    actions.delete_key(key=key)
+    key = set_key(deployment=deployment, role=keyring.CPA_API, secret="sk-delete-me-1")
+    delete_key(key=key)
     assert not Key.objects.exists()
     event = AuditEvent.objects.get(action="key.delete")
     assert event.changes["secret"] == "changed"
@@ -169,9 +190,9 @@ def store_every_role() -> Deployment:
     deployment = Deployment.objects.create(
         slug="rest", name="Rest", team=team, server_name="rest.example.com"
     )
-    actions.set_key(deployment=deployment, role=keyring.CPA_API, label="ci", secret=ROTATED_AWAY)
+    set_key(deployment=deployment, role=keyring.CPA_API, label="ci", secret=ROTATED_AWAY)
     for role, secret in SECRETS.items():
-        actions.set_key(deployment=deployment, role=role, label="ci", secret=secret)
+        set_key(deployment=deployment, role=role, label="ci", secret=secret)
     assert KeyRotation.objects.count() == 1
     return deployment
 

@@ -17,8 +17,6 @@ LIMIT = 5
 
 @pytest.fixture(autouse=True)
 def _throttling_on(settings):
-    # A fast hasher keeps dozens of login attempts cheap; the throttle does not depend on it.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.AXES_ENABLED = True
     settings.AXES_FAILURE_LIMIT = LIMIT
     settings.AXES_COOLOFF_TIME = timedelta(minutes=15)

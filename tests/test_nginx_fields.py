@@ -638,12 +638,6 @@ STORED_BAD = [
 ]
 
 
-@pytest.fixture
-def operator(make_user, team, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    return make_user("oli", team=team, role="operator")
-
-
 def _messages(response) -> str:
     return " ".join(str(m) for m in response.wsgi_request._messages)
 

@@ -2,23 +2,17 @@
 
 import re
 
-import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.test import RequestFactory
 from django.urls import reverse
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from routes.admin.otp_admin import _enrol_link
+from routes.admin.otp_admin import enrol_link
 from routes.models import AuditEvent
 from routes.permissions import Action, can, clear_cache, teams_where
 
 PASSWORD = "pw-Str0ng-enough!"
-
-
-@pytest.fixture(autouse=True)
-def _fast_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def code_for(device: TOTPDevice, *, offset: int = 0) -> str:
@@ -255,10 +249,10 @@ def test_the_deployment_page_points_an_unverified_owner_to_enrolment(make_user, 
     deployment.team.save()
     request = RequestFactory().get("/")
     request.user = make_user("olga", team=deployment.team, role="owner")
-    assert _enrol_link(request, deployment) == [
+    assert enrol_link(request, deployment) == [
         ("Enrol two-factor to manage keys", reverse("admin:otp_totp_totpdevice_enrol"))
     ]
     request.user = make_user("victor", team=deployment.team, role="viewer")
-    assert _enrol_link(request, deployment) == []
+    assert enrol_link(request, deployment) == []
     request.user = AnonymousUser()
-    assert _enrol_link(request, deployment) == []
+    assert enrol_link(request, deployment) == []

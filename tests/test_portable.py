@@ -10,8 +10,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from routes import actions, portable
+from routes import portable
 from routes.models import AuditEvent, Deployment, Key, RouteOverride, Team
+from routes.workflows.keys import set_key
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "deployments.json"
@@ -221,7 +222,7 @@ def test_an_existing_slug_is_refused_without_update(db, deployment):
 
 def test_update_replaces_fields_and_overrides_and_keeps_keys(db, deployment):
     RouteOverride.objects.create(deployment=deployment, path="/old/", target="cpamp")
-    actions.set_key(deployment=deployment, role="cpa_api", secret="sk-keep-this-key-1")
+    set_key(deployment=deployment, role="cpa_api", secret="sk-keep-this-key-1")
     out, _err = run("import_deployments", str(SAMPLE), "--update")
     assert "prod: updated" in out
     deployment.refresh_from_db()
@@ -246,7 +247,7 @@ def test_team_puts_every_deployment_in_that_team(db):
 def test_export_lists_key_roles_and_never_secrets(db, deployment, capsys):
     secrets = ["cpamp_" + "A1b2C3d4" * 4, "mgmt-secret-value-1", "sk-api-secret-value-1"]
     for role, secret in zip(["cpamp_admin", "cpa_management", "cpa_api"], secrets, strict=True):
-        actions.set_key(deployment=deployment, role=role, secret=secret)
+        set_key(deployment=deployment, role=role, secret=secret)
     out, _err = run("export_deployments")
     payload = json.loads(out)
     assert payload["version"] == 1
@@ -313,5 +314,5 @@ def test_export_filters_by_slug_and_team_and_writes_a_file(db, tmp_path):
 def test_export_refuses_unknown_slugs_and_teams(db, deployment):
     with pytest.raises(CommandError, match="no deployment nope"):
         call_command("export_deployments", "nope", stdout=io.StringIO())
-    with pytest.raises(CommandError, match="nope: no such team"):
+    with pytest.raises(CommandError, match="--team: no team with slug 'nope'"):
         call_command("export_deployments", "--team", "nope", stdout=io.StringIO())

@@ -8,7 +8,6 @@ a clear message, never a 500 or a hang.
 
 from __future__ import annotations
 
-import io
 import re
 import time
 
@@ -20,12 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from routes import validators as v
-from routes.management.commands.export_nginx import Command
 from routes.models import Deployment, RouteOverride
 from routes.nginx import regexes
 from routes.nginx.lint import lint
 from routes.nginx.render import InvalidDeployment, effective_locations, render_site
 from routes.nginx.simulate import Router
+from tests.test_export_nginx import export
 
 # Accepted by every validator (no nested repeat), yet a backtracking engine tries 6**n ways to
 # fail on a run of n word characters: only the time limit can stop it.
@@ -249,12 +248,6 @@ def test_the_lint_reports_a_slow_regex_and_still_checks_the_other_overrides(slow
     assert "simplify it" in timeout.message
 
 
-@pytest.fixture
-def operator(make_user, team, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    return make_user("oli", team=team, role="operator")
-
-
 @pytest.mark.django_db
 def test_the_routes_tester_answers_a_slow_regex_with_a_message_not_a_hang(client, operator, slow):
     client.force_login(operator)
@@ -279,14 +272,6 @@ def test_the_config_page_shows_a_slow_regex_as_a_lint_warning(client, operator, 
     assert response.status_code == 200
     page = response.content.decode()
     assert "regex_timeout" in page and "boundary_moved" in page
-
-
-def export(*argv: str) -> tuple[str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    command = Command(stdout=out, stderr=err)
-    options = vars(command.create_parser("manage.py", "export_nginx").parse_args(argv))
-    command.execute(**{**options, "skip_checks": True})
-    return out.getvalue(), err.getvalue()
 
 
 @pytest.mark.django_db

@@ -8,7 +8,6 @@ import pytest
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, reverse
 
-from routes import actions
 from routes.models import (
     AuditEvent,
     CheckResult,
@@ -16,11 +15,14 @@ from routes.models import (
     Deployment,
     Key,
     Membership,
+    NotificationChannel,
+    NotificationDelivery,
     RouteOverride,
     Team,
     VerificationJob,
     VerificationRun,
 )
+from routes.workflows.keys import set_key
 
 RANK = {"viewer": 1, "operator": 2, "owner": 3}
 ALL = 0  # any staff user, team member or not
@@ -62,8 +64,6 @@ GET_TABLE = {
     "routes_membership_history": (VIEW, "membership"),
     "routes_membership_delete": (OWNER, "membership"),
     "routes_auditevent_changelist": (ALL, None),
-    "routes_auditevent_export_csv": (ALL, None),
-    "routes_auditevent_export_jsonl": (ALL, None),
     "routes_auditevent_change": (VIEW, "audit"),
     "routes_auditevent_history": (VIEW, "audit"),
     "routes_configexport_changelist": (ALL, None),
@@ -78,6 +78,14 @@ GET_TABLE = {
     "routes_verificationjob_history": (VIEW, "job"),
     "routes_verificationjob_add": (EDIT, None),
     "routes_verificationjob_delete": (EDIT, "job"),
+    "routes_notificationchannel_changelist": (ALL, None),
+    "routes_notificationchannel_add": (OWNER, None),
+    "routes_notificationchannel_change": (VIEW, "channel"),
+    "routes_notificationchannel_history": (VIEW, "channel"),
+    "routes_notificationchannel_delete": (OWNER, "channel"),
+    "routes_notificationdelivery_changelist": (ALL, None),
+    "routes_notificationdelivery_change": (VIEW, "delivery"),
+    "routes_notificationdelivery_history": (VIEW, "delivery"),
     "otp_totp_totpdevice_enrol": (ALL, None),
     "otp_totp_totpdevice_changelist": (ALL, None),
     "password_change": (ALL, None),
@@ -92,9 +100,15 @@ SUPERUSER_ONLY = {
     "routes_configexport_delete",
     "routes_verificationrun_add",
     "routes_verificationrun_delete",
+    "routes_notificationdelivery_add",  # deliveries are the worker's record: nobody edits them
+    "routes_notificationdelivery_delete",
 }
 # url name -> lowest role in team A that may POST to it.
 POST_TABLE = {
+    # Exports of the audit trail are recorded, so they are POSTs; any member exports their own.
+    "routes_auditevent_export_csv": ALL,
+    "routes_auditevent_export_jsonl": ALL,
+    "routes_deployment_config_test": EDIT,
     "routes_deployment_test_key": EDIT,
     "routes_deployment_verify": EDIT,
     "routes_deployment_first_setup": OWNER,
@@ -154,7 +168,7 @@ def world(db, make_user):
         deployment=deployment, match="prefix", path="/config", target="cpamp"
     )
     for role, secret in SECRETS.items():
-        actions.set_key(deployment=deployment, role=role, secret=secret)
+        set_key(deployment=deployment, role=role, secret=secret)
     job = VerificationJob.objects.create(deployment=deployment)
     run = VerificationRun.objects.create(job=job, trigger="manual", status="failed")
     CheckResult.objects.create(
@@ -163,7 +177,15 @@ def world(db, make_user):
     export = ConfigExport.objects.create(
         deployment=deployment, content_hash="0" * 64, text="# config", source="admin"
     )
+    channel = NotificationChannel.objects.create(
+        team=team_a, name="alpha hook", kind="webhook", target_masked="https://hooks.example.com/"
+    )
+    delivery = NotificationDelivery.objects.create(
+        channel=channel, deployment=deployment, run=run, event="failed"
+    )
     objects = {
+        "channel": channel,
+        "delivery": delivery,
         "deployment": deployment,
         "key": Key.objects.filter(deployment=deployment).first(),
         "team": team_a,
@@ -252,6 +274,7 @@ def test_superuser_only_pages_are_refused_to_every_team_role(client, world, who)
         "configexport": "export",
         "verificationrun": "run",
         "verificationjob": "job",
+        "notificationdelivery": "delivery",
     }
     problems = []
     for name in sorted(SUPERUSER_ONLY - {"routes_team_add"}):
@@ -280,15 +303,28 @@ def test_state_changing_posts_are_allowed_or_refused_by_role(client, world, who)
         "routes_deployment_confirm_destination": url_for(
             "routes_deployment_confirm_destination", deployment
         ),
+        "routes_deployment_config_test": url_for("routes_deployment_config_test", deployment),
+        "routes_auditevent_export_csv": url_for("routes_auditevent_export_csv", None),
+        "routes_auditevent_export_jsonl": url_for("routes_auditevent_export_jsonl", None),
     }
     problems = []
     for name, url in posts.items():
         response = client.post(url, {"post": "yes"})
-        expect_allowed = who != "b_owner" and rank >= POST_TABLE[name]
+        needed = POST_TABLE[name]
+        expect_allowed = needed == ALL or (who != "b_owner" and rank >= needed)
         if expect_allowed and not allowed(response):
             problems.append(f"{name}: expected allowed, got {response.status_code}")
         if not expect_allowed and not refused(response):
             problems.append(f"{name}: expected refused, got {response.status_code}")
+        content = body(response)
+        if who == "b_owner" and response.status_code == 200:
+            for leak in (b"alpha-prod", b"alpha-secret-domain", b"Alpha production"):
+                if leak in content:
+                    problems.append(f"{name}: team B sees {leak!r}")
+        for secret in SECRETS.values():
+            # Revealing the first-setup values to an owner is that page's purpose.
+            if secret.encode() in content and name != "routes_deployment_first_setup":
+                problems.append(f"{name}: renders a secret")
     # Deletes last: an allowed one removes the objects.
     for name, kind in (("routes_key_delete", "key"), ("routes_membership_delete", "membership")):
         response = client.post(url_for(name, objects[kind]), {"post": "yes"})

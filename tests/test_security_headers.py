@@ -107,7 +107,7 @@ def test_errors_and_redirects_carry_the_headers_too(client, db):
 
 def test_json_and_downloads_carry_the_headers(client, make_user, team):
     client.force_login(make_user("olga", team=team, role="owner"))
-    response = client.get(reverse("admin:routes_auditevent_export_jsonl"))
+    response = client.post(reverse("admin:routes_auditevent_export_jsonl"))
     assert response.status_code == 200
     assert_security_headers(response)
 

@@ -80,7 +80,7 @@ def test_api_keys_are_added_unless_the_label_matches(monkeypatch, deployment):
         ("cpa_api", "your-api-key-2", "CPA API Key: your-api-key-2 is CPA's template placeholder"),
         ("cpa_api", ADMIN_KEY, "CPA API Key: this looks like a CPAMP Admin Key"),
         ("cpa_management", ADMIN_KEY, "CPA Management Key: this looks like a CPAMP Admin Key"),
-        ("cpa_management", "short", "CPA Management Key: a key must be 8 to 512"),
+        ("cpa_management", "k" * 513, "CPA Management Key: a key must be 1 to 512"),
     ],
 )
 def test_role_rules_refuse_with_the_rule_and_the_role(

@@ -23,13 +23,6 @@ from routes.models import (
 PASSWORD = "pw-Str0ng-enough!"
 
 
-@pytest.fixture
-def theirs(other_team):
-    return Deployment.objects.create(
-        slug="theirs", name="Theirs", team=other_team, server_name="theirs.example.com"
-    )
-
-
 # --- A GET never records an export or an audit event ---------------------------------------------
 
 
@@ -188,7 +181,6 @@ LIMIT = 5
 
 @pytest.fixture
 def throttling(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.AXES_ENABLED = True
     settings.AXES_FAILURE_LIMIT = LIMIT
     settings.AXES_COOLOFF_TIME = timedelta(minutes=15)
@@ -228,7 +220,6 @@ def test_the_lockout_counts_the_pair_and_the_address_alone(settings):
 
 def test_django_otp_throttles_wrong_codes_itself(client, make_user, settings):
     # With axes off, the device's own back-off still refuses the right code after a wrong one.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.AXES_ENABLED = False
     user = make_user("olga")
     device = TOTPDevice.objects.create(user=user, name="phone", confirmed=True)

@@ -8,7 +8,8 @@ import pytest
 
 from routes import keys as keyring
 from routes.models import AuditEvent, CheckResult, VerificationRun
-from routes.verify import SEED_CHECKS, execute_run, probe_key, verify_now
+from routes.verification.checks import SEED_CHECKS
+from routes.verification.runs import execute_run, probe_key, verify_now
 from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, running_stack
 
 pytestmark = [pytest.mark.nginx, pytest.mark.django_db(transaction=True)]
@@ -147,15 +148,20 @@ def test_it_diagnoses_cpa_down(deployment):
         assert by_id[check_id].status_code == 502
         assert by_id[check_id].observed_upstream == "cpa"
         assert "CPA (:8317)" in by_id[check_id].diagnosis
-        assert "same Docker network" in by_id[check_id].diagnosis
-        assert "allow-remote" in by_id[check_id].diagnosis
+        # The emulators run on loopback: the host topology's advice, never Docker's (issue 11).
+        address = stack.deployment.cpa_upstream
+        assert f"Is CPA running and listening on {address}?" in by_id[check_id].diagnosis
+        assert "same Docker network" not in by_id[check_id].diagnosis
     # Through CPAMP: CPAMP itself cannot reach CPA.
     assert by_id["management_config"].status_code == 502
     assert "CPAMP could not reach CPA" in by_id["management_config"].diagnosis
     # CPAMP's own answers are fine.
     assert by_id["cpamp_health"].passed and by_id["panel"].passed
-    # cpa_direct cannot reach CPA either: skipped, not failed.
-    assert by_id["cpa_direct"].passed and by_id["cpa_direct"].details["skipped"]
+    # cpa_direct cannot reach CPA either: on the host topology that fails (issue 11), and the
+    # run names one cause for all of it.
+    assert not by_id["cpa_direct"].passed
+    assert by_id["cpa_direct"].diagnosis.startswith("Connection refused")
+    assert [c["code"] for c in run.causes] == ["upstream_down"]
 
 
 def test_it_diagnoses_cpamp_down(deployment):
@@ -167,7 +173,9 @@ def test_it_diagnoses_cpamp_down(deployment):
         assert by_id[check_id].status_code == 502
         assert by_id[check_id].observed_upstream == "cpamp"
         assert "CPAMP (:18317)" in by_id[check_id].diagnosis
-        assert "listening on 0.0.0.0" in by_id[check_id].diagnosis
+        address = stack.deployment.cpamp_upstream
+        assert f"Is CPAMP running and listening on {address}?" in by_id[check_id].diagnosis
+        assert "listening on 0.0.0.0" not in by_id[check_id].diagnosis
     assert by_id["cpa_health"].passed and by_id["api_models"].passed
 
 
@@ -266,7 +274,7 @@ def test_it_redacts_secrets_echoed_back_in_failures(deployment, caplog):
 
 
 def test_a_run_claimed_twice_is_performed_once(deployment):
-    from routes.verify import create_run
+    from routes.verification.runs import create_run
 
     with running_stack(deployment) as stack:
         run = create_run(deployment=stack.deployment, trigger="manual")
@@ -279,7 +287,7 @@ def test_a_run_claimed_twice_is_performed_once(deployment):
 
 def test_tls_deployments_check_the_redirect_and_the_certificate(deployment):
     with running_stack(deployment, tls=True) as stack:
-        from routes.verify import job_for
+        from routes.verification.runs import job_for
 
         job = job_for(stack.deployment)
         job.verify_tls = False  # self-signed
@@ -329,7 +337,7 @@ def test_test_this_key_records_the_outcome_on_the_key(deployment, role, secret, 
 def test_without_the_gate_the_lane_still_sends_one_refusable_key_at_a_time(deployment):
     # management_config is not enabled, so nothing tells where /v0/management/ goes: the
     # API-key probe goes first, is refused by CPA (misrouted), and cpa_direct is held back.
-    from routes.verify import job_for
+    from routes.verification.runs import job_for
 
     keys = {keyring.CPA_API: API_KEY, keyring.CPA_MANAGEMENT: "cpa-mgmt-stale-0000000"}
     overrides = (("prefix", "/v0/management/", "cpa"),)
@@ -348,7 +356,7 @@ def test_without_the_gate_the_lane_still_sends_one_refusable_key_at_a_time(deplo
 
 
 def test_it_names_a_timeout_and_holds_back_the_other_management_probes(deployment):
-    from routes.verify import job_for
+    from routes.verification.runs import job_for
 
     with running_stack(deployment, delay=0.6) as stack:
         job = job_for(stack.deployment)

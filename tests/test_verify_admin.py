@@ -5,24 +5,14 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from routes import verify
 from routes.models import CheckResult, Deployment, Key, VerificationJob, VerificationRun
+from routes.verification import runs
 from tests.fakes.stack import API_KEY, running_stack, store_key
 
 
 @pytest.fixture
-def users(make_user, team, other_team):
-    return {
-        "viewer": make_user("vic", team=team, role="viewer"),
-        "operator": make_user("opal", team=team, role="operator"),
-        "owner": make_user("owen", team=team, role="owner"),
-        "outsider": make_user("otto", team=other_team, role="owner"),
-    }
-
-
-@pytest.fixture
 def finished_run(deployment):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     run = VerificationRun.objects.create(
         job=job, trigger="manual", status="failed", duration_ms=120, base_url="http://x"
     )
@@ -65,7 +55,7 @@ def other_run(other_team):
         slug="theirs", name="Theirs", team=other_team, server_name="their.example.com"
     )
     return VerificationRun.objects.create(
-        job=verify.job_for(other), trigger="manual", status="passed"
+        job=runs.job_for(other), trigger="manual", status="passed"
     )
 
 
@@ -103,7 +93,7 @@ def test_the_run_history_filters(client, users, finished_run, query, deployment)
 @pytest.mark.django_db
 def test_the_deployment_filter_narrows_the_history(client, users, finished_run, team):
     other = Deployment.objects.create(slug="b", name="B", team=team, server_name="b.example.com")
-    run_b = VerificationRun.objects.create(job=verify.job_for(other), trigger="manual")
+    run_b = VerificationRun.objects.create(job=runs.job_for(other), trigger="manual")
     client.force_login(users["viewer"])
     url = reverse("admin:routes_verificationrun_changelist")
     body = client.get(f"{url}?deployment={other.pk}").content.decode()
@@ -114,7 +104,7 @@ def test_the_deployment_filter_narrows_the_history(client, users, finished_run, 
 def test_the_history_makes_no_query_per_run(
     client, users, deployment, django_assert_max_num_queries
 ):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     client.force_login(users["viewer"])
     url = reverse("admin:routes_verificationrun_changelist")
     for _ in range(3):
@@ -145,7 +135,7 @@ def test_a_run_page_shows_the_checks_escaped_and_read_only(client, users, finish
 
 @pytest.mark.django_db
 def test_the_progress_json_reports_checks_done(client, users, deployment):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     run = VerificationRun.objects.create(job=job, trigger="manual", status="running")
     CheckResult.objects.create(
         run=run, check_id="panel", method="HEAD", url="u", expected="e", passed=True
@@ -235,7 +225,7 @@ def test_a_viewer_does_not_get_the_run_verification_action(client, users, deploy
 
 @pytest.mark.django_db
 def test_an_operator_edits_the_job_and_a_viewer_cannot(client, users, deployment):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     url = reverse("admin:routes_verificationjob_change", args=[job.pk])
     data = {
         # Where keys go is an owner's call (tests/test_key_destinations.py); the rest is not.
@@ -273,7 +263,7 @@ def test_an_operator_edits_the_job_and_a_viewer_cannot(client, users, deployment
 def test_the_job_form_names_the_field_and_the_reason(
     client, users, deployment, field, value, message
 ):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     data = {"base_url": "", "verify_tls": "on", "timeout_seconds": "10", "interval_minutes": ""}
     data[field] = value
     client.force_login(users["operator"])
@@ -317,7 +307,7 @@ def test_test_this_key_reports_back_on_the_deployment_page(client, users, deploy
 @pytest.mark.django_db
 def test_the_job_changelist_is_scoped(client, users, deployment, other_team):
     theirs = other_run(other_team).job
-    verify.job_for(deployment)
+    runs.job_for(deployment)
     client.force_login(users["viewer"])
     body = client.get(reverse("admin:routes_verificationjob_changelist")).content.decode()
     assert "prod" in body and "theirs" not in body

@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
 
-from routes import verify
+from routes import tasks
+from routes.admin.verification import recent_runs_html
+from routes.context import acting
 from routes.models import AuditEvent, CheckResult, VerificationJob, VerificationRun
+from routes.verification import checks, runs
 from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, running_stack
 
 SECRETS = (ADMIN_KEY, API_KEY, MANAGEMENT_KEY)
@@ -31,6 +35,9 @@ CHECK_KEYS = {
     "latency_ms",
     "passed",
     "diagnosis",
+    # Issue 11's additions.
+    "label",
+    "warning",
 }
 
 
@@ -57,18 +64,24 @@ def test_verify_json_prints_the_contract_shape_and_exits_0(deployment, capsys, c
         code, out, err = run_command_cli(capsys, "prod", "--json")
     assert code == 0, out + err
     data = json.loads(out)
-    assert set(data) == {"deployment", "run", "status", "duration_ms", "checks"}
+    assert set(data) == {"deployment", "run", "status", "duration_ms", "causes", "checks"}
     assert data["deployment"] == "prod" and data["status"] == "passed"
+    assert data["causes"] == []
     assert isinstance(data["duration_ms"], int)
     run = VerificationRun.objects.get(pk=data["run"])
     assert run.trigger == VerificationRun.Trigger.COMMAND
-    assert [c["id"] for c in data["checks"]][:7] == list(verify.SEED_CHECKS)
+    assert [c["id"] for c in data["checks"]][:7] == list(checks.SEED_CHECKS)
     panel = data["checks"][0]
     assert set(panel) == CHECK_KEYS
     assert panel["method"] == "HEAD" and panel["status_code"] == 200
     assert panel["expected_upstream"] == panel["observed_upstream"] == "cpamp"
     assert panel["url"].endswith("/management.html")
     assert panel["diagnosis"] == "" and panel["passed"] is True
+    assert panel["label"] == "Management panel" and panel["warning"] == ""
+    # api_models names each stored API key (issue 11); the other checks have no "keys".
+    models = next(c for c in data["checks"] if c["id"] == "api_models")
+    assert set(models) == CHECK_KEYS | {"keys"}
+    assert models["keys"] == [{"key": "••••" + API_KEY[-4:], "status_code": 200, "passed": True}]
     for secret in SECRETS:
         assert secret not in out + err + caplog.text
 
@@ -145,9 +158,10 @@ def test_start_run_enqueues_on_commit_and_the_worker_performs_it(deployment, mak
         from django.db import transaction
 
         with transaction.atomic():
-            run = verify.start_run(
-                deployment=stack.deployment, trigger=VerificationRun.Trigger.MANUAL, actor=user
-            )
+            with acting(user=user):
+                run = tasks.start_run(
+                    deployment=stack.deployment, trigger=VerificationRun.Trigger.MANUAL
+                )
             # Not before the commit: the worker must find the row.
             assert VerificationRun.objects.get(pk=run.pk).status == VerificationRun.Status.QUEUED
         run.refresh_from_db()
@@ -165,7 +179,7 @@ def test_the_task_result_carries_no_secret(deployment):
     from tests.fakes.stack import store_key
 
     store_key(deployment, "cpa_api", API_KEY)
-    run = verify.create_run(deployment=deployment, trigger="manual", base_url="http://127.0.0.1:9")
+    run = runs.create_run(deployment=deployment, trigger="manual", base_url="http://127.0.0.1:9")
     with override_settings(TASKS=IMMEDIATE):
         result = run_verification.enqueue(run.pk, False)
     assert result.return_value == {"run": run.pk, "status": "failed"}
@@ -177,7 +191,7 @@ def test_the_task_result_carries_no_secret(deployment):
 def test_the_task_runs_in_the_database_worker(deployment):
     from django_tasks_db.models import DBTaskResult
 
-    run = verify.start_run(deployment=deployment, trigger="manual", base_url="http://127.0.0.1:9")
+    run = tasks.start_run(deployment=deployment, trigger="manual", base_url="http://127.0.0.1:9")
     stored = DBTaskResult.objects.get()
     assert stored.args_kwargs["args"] == [run.pk, False]
     call_command("db_worker", batch=True, startup_delay=False, stdout=io.StringIO())
@@ -189,7 +203,7 @@ def test_the_task_runs_in_the_database_worker(deployment):
 @pytest.mark.django_db
 def test_a_run_whose_worker_died_is_marked_error(deployment, settings):
     settings.CONSOLE_RUN_STALE_AFTER = 60
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     old = VerificationRun.objects.create(
         job=job,
         trigger="manual",
@@ -199,20 +213,22 @@ def test_a_run_whose_worker_died_is_marked_error(deployment, settings):
     fresh = VerificationRun.objects.create(
         job=job, trigger="manual", status="running", started_at=timezone.now()
     )
-    assert verify.mark_stale_runs() == 1
+    assert runs.sweep_stale_runs() == 1
     old.refresh_from_db()
     fresh.refresh_from_db()
     assert old.status == VerificationRun.Status.ERROR and old.finished_at
     assert "worker stopped" in old.error
     assert fresh.status == VerificationRun.Status.RUNNING
     # A late worker finishing the stale run does not overwrite the error.
-    assert verify.execute_run(run=old).status == VerificationRun.Status.ERROR
+    assert runs.execute_run(run=old).status == VerificationRun.Status.ERROR
 
 
 @pytest.mark.django_db
-def test_listing_runs_and_starting_one_mark_stale_runs(deployment, settings, client, make_user):
+def test_the_worker_and_the_scheduler_sweep_stale_runs_and_page_views_do_not(
+    deployment, settings, client, make_user
+):
     settings.CONSOLE_RUN_STALE_AFTER = 1
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     stale = VerificationRun.objects.create(
         job=job,
         trigger="manual",
@@ -220,7 +236,17 @@ def test_listing_runs_and_starting_one_mark_stale_runs(deployment, settings, cli
         started_at=timezone.now() - dt.timedelta(seconds=5),
     )
     client.force_login(make_user("vera", team=deployment.team, role="viewer"))
-    client.get("/admin/routes/verificationrun/")
+    for url in (
+        "/admin/routes/verificationrun/",
+        reverse("admin:routes_deployment_verify", args=[deployment.pk]),
+        reverse("admin:routes_verificationrun_progress", args=[stale.pk]),
+    ):
+        assert client.get(url).status_code == 200, url
+    stale.refresh_from_db()
+    assert stale.status == VerificationRun.Status.RUNNING
+    # The worker sweeps before it performs the next run.
+    queued = runs.create_run(deployment=deployment, trigger="manual", base_url="http://127.0.0.1:9")
+    assert tasks.run_verification.call(queued.pk, False)["run"] == queued.pk
     stale.refresh_from_db()
     assert stale.status == VerificationRun.Status.ERROR
     again = VerificationRun.objects.create(
@@ -229,7 +255,8 @@ def test_listing_runs_and_starting_one_mark_stale_runs(deployment, settings, cli
         status="running",
         started_at=timezone.now() - dt.timedelta(seconds=5),
     )
-    verify.start_run(deployment=deployment, trigger="manual")
+    # So does the scheduler (`verify --due`), before it looks for due jobs.
+    tasks.enqueue_due()
     again.refresh_from_db()
     assert again.status == VerificationRun.Status.ERROR
 
@@ -256,7 +283,7 @@ def test_verify_due_enqueues_jobs_whose_interval_has_passed(deployment, team, ca
     code, out, _err = run_command_cli(capsys, "--due")
     assert "Enqueued 0 scheduled" in out
     later = now + dt.timedelta(minutes=11)
-    assert [j.pk for j in verify.due_jobs(now=later)] == [recent.pk]
+    assert [j.pk for j in runs.due_jobs(now=later)] == [recent.pk]
 
 
 @pytest.mark.django_db
@@ -272,12 +299,12 @@ def test_prune_runs_keeps_the_newest_n_per_job(deployment, team, settings):
 
     settings.CONSOLE_RUNS_KEPT = 3
     other = Deployment.objects.create(slug="b", name="B", team=team, server_name="b.example.com")
-    job, job_b = verify.job_for(deployment), verify.job_for(other)
-    runs = [
+    job, job_b = runs.job_for(deployment), runs.job_for(other)
+    made = [
         VerificationRun.objects.create(job=job, trigger="manual", status="passed") for _ in range(5)
     ]
     CheckResult.objects.create(
-        run=runs[0], check_id="panel", method="HEAD", url="u", expected="e", passed=True
+        run=made[0], check_id="panel", method="HEAD", url="u", expected="e", passed=True
     )
     queued = VerificationRun.objects.create(job=job, trigger="manual", status="queued")
     for _ in range(2):
@@ -286,7 +313,7 @@ def test_prune_runs_keeps_the_newest_n_per_job(deployment, team, settings):
     call_command("prune_runs", stdout=out)
     left = set(VerificationRun.objects.filter(job=job).values_list("pk", flat=True))
     # The newest three (the queued run counts) are kept.
-    assert left == {queued.pk, runs[4].pk, runs[3].pk}
+    assert left == {queued.pk, made[4].pk, made[3].pk}
     assert VerificationRun.objects.filter(job=job_b).count() == 2
     assert not CheckResult.objects.exists()
     assert "Deleted 3 verification run(s)" in out.getvalue()
@@ -300,12 +327,12 @@ def test_annotate_last_run_gives_the_newest_status_and_time(deployment, team):
     from routes.models import Deployment
 
     Deployment.objects.create(slug="b", name="B", team=team, server_name="b.example.com")
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     VerificationRun.objects.create(job=job, trigger="manual", status="failed")
     newest = VerificationRun.objects.create(
         job=job, trigger="manual", status="passed", finished_at=timezone.now()
     )
-    rows = {d.slug: d for d in verify.annotate_last_run(Deployment.objects.all())}
+    rows = {d.slug: d for d in runs.annotate_last_run(Deployment.objects.all())}
     assert rows["prod"].last_run_status == "passed"
     assert rows["prod"].last_run_at == newest.finished_at
     assert rows["b"].last_run_status is None
@@ -313,9 +340,9 @@ def test_annotate_last_run_gives_the_newest_status_and_time(deployment, team):
 
 @pytest.mark.django_db
 def test_recent_runs_html_is_a_strip_of_badges(deployment):
-    job = verify.job_for(deployment)
+    job = runs.job_for(deployment)
     run = VerificationRun.objects.create(job=job, trigger="manual", status="failed")
-    html = verify.recent_runs_html(deployment)
+    html = recent_runs_html(deployment)
     assert f"#{run.pk}" in html and "console-badge failed" in html
     assert f"/admin/routes/verificationrun/{run.pk}/change/" in html
 

@@ -1,6 +1,5 @@
 """The guided "New deployment" flow: deployment, keys, then config and first-setup values."""
 
-import pytest
 from django.urls import reverse
 
 from routes.models import AuditEvent, Deployment, Key
@@ -40,16 +39,6 @@ def keys_url(deployment):
 
 def finish_url(deployment):
     return reverse("admin:routes_deployment_wizard_finish", args=[deployment.pk])
-
-
-@pytest.fixture
-def owner(make_user, team):
-    return make_user("olga", team=team, role="owner")
-
-
-@pytest.fixture
-def operator(make_user, team):
-    return make_user("otto", team=team, role="operator")
 
 
 def test_it_refuses_a_viewer(client, make_user, team):

@@ -1,16 +1,20 @@
-"""The console's admin: each feature registers its own ModelAdmins and pages."""
+"""The console's admin: each feature module registers its ModelAdmins; the deployment admin
+(routes.admin.base) is put together from the feature modules' page mixins."""
 
 from django.contrib import admin
 
 from routes.admin import (
+    alerts,  # noqa: F401  (notification channels and their deliveries)
     audit_admin,  # noqa: F401  (audit trail: read-only, scoped, exports)
     base,  # noqa: F401  (deployments, teams, keys: registers the core admins)
-    first_setup,  # noqa: F401  (owner-only reveal of CPAMP first-setup values)
-    nginx_pages,  # noqa: F401  (nginx config, routes page, export history)
+    nginx_pages,  # noqa: F401  (export history)
     otp_admin,  # noqa: F401  (two-factor login form and device enrolment)
-    verification,  # noqa: F401  (runs, jobs, verify page, key tests)
-    wizard,  # noqa: F401  (guided "New deployment" flow)
+    verification,  # noqa: F401  (runs, jobs)
 )
+from routes.admin.stock import record_stock_admins
+
+# Django's and third-party admins record their changes in the one audit trail too.
+record_stock_admins(admin.site)
 
 # The admin is the whole console: "/" only redirects here, so "View site" would lead nowhere new.
 admin.site.site_url = None

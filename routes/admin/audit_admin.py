@@ -1,26 +1,37 @@
 """The audit trail in the admin: read-only, scoped to the viewer's teams, exportable.
 
 Members see the events of their teams and their own (logins included); superusers see all and
-are the only ones who may delete (prune) events.
+are the only ones who may delete (prune) events. An export is recorded in the trail, so it is a
+POST (a button): a GET, which links, prefetching and crawlers send, writes nothing.
 """
+
+from __future__ import annotations
 
 import csv
 import json
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
-from django.http import HttpResponseBadRequest, StreamingHttpResponse
-from django.urls import path, reverse
+from django.db.models import QuerySet
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    StreamingHttpResponse,
+)
+from django.http.response import HttpResponseBase
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from routes import audit
-from routes.audit import client_ip
+from routes.admin.options import ConsoleAdmin, visible_events
 from routes.models import AuditEvent
-from routes.permissions import Action, has_any_membership, teams_where
+from routes.permissions import Action
 
 EXPORT_FIELDS = (
     "id",
@@ -41,14 +52,14 @@ EXPORT_FIELDS = (
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-def event_row(event: AuditEvent) -> dict:
+def event_row(event: AuditEvent) -> dict[str, Any]:
     """Return event as a plain dict in EXPORT_FIELDS order."""
     return {
         "id": event.pk,
         "created_at": event.created_at.isoformat(),
         "actor": event.actor_label,
         "actor_id": event.actor_id,
-        "team": event.team.slug if event.team_id else None,
+        "team": event.team.slug if event.team is not None else None,
         "team_id": event.team_id,
         "action": event.action,
         "object_type": event.object_type,
@@ -59,7 +70,7 @@ def event_row(event: AuditEvent) -> dict:
     }
 
 
-def _csv_cell(value) -> str:
+def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
@@ -88,47 +99,43 @@ def jsonl_lines(events: Iterable[AuditEvent]) -> Iterator[str]:
         yield json.dumps(event_row(event), sort_keys=False, ensure_ascii=False) + "\n"
 
 
-class ObjectTypeFilter(admin.SimpleListFilter):
+class ValueFilter(admin.SimpleListFilter):
+    """Filter events by one column, offering the values the user's events hold."""
+
+    parameter_name: str
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        column = self.parameter_name
+        values = (
+            model_admin.get_queryset(request)
+            .exclude(**{column: ""})
+            .order_by(column)
+            .values_list(column, flat=True)
+            .distinct()
+        )
+        return [(value, value) for value in values]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[AuditEvent]
+    ) -> QuerySet[AuditEvent]:
+        value = self.value()
+        return queryset.filter(**{self.parameter_name: value}) if value else queryset
+
+
+class ObjectTypeFilter(ValueFilter):
     title = _("object type")
     parameter_name = "object_type"
 
-    def lookups(self, request, model_admin):
-        types = (
-            model_admin.get_queryset(request)
-            .exclude(object_type="")
-            .order_by("object_type")
-            .values_list("object_type", flat=True)
-            .distinct()
-        )
-        return [(t, t) for t in types]
 
-    def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(object_type=self.value())
-        return queryset
-
-
-class ActionFilter(admin.SimpleListFilter):
+class ActionFilter(ValueFilter):
     title = _("action")
     parameter_name = "action"
 
-    def lookups(self, request, model_admin):
-        actions = (
-            model_admin.get_queryset(request)
-            .order_by("action")
-            .values_list("action", flat=True)
-            .distinct()
-        )
-        return [(a, a) for a in actions]
-
-    def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(action=self.value())
-        return queryset
-
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ConsoleAdmin):
     list_display = (
         "created_at",
         "actor_label",
@@ -163,55 +170,39 @@ class AuditEventAdmin(admin.ModelAdmin):
     actions = ("export_csv", "export_jsonl")
     change_list_template = "admin/routes/audit/change_list.html"
 
-    def get_queryset(self, request):
-        qs = super().get_queryset(request)
-        user = request.user
-        if user.is_superuser:
-            return qs
-        return qs.filter(Q(team__in=teams_where(user, Action.VIEW)) | Q(actor=user))
-
     # Append-only: nobody adds or edits; only superusers delete (prune).
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff and has_any_membership(request.user)
+    roles = {"view": Action.VIEW, "delete": Action.ADMINISTER}
 
-    def has_view_permission(self, request, obj=None):
-        if not self.has_module_permission(request):
-            return False
-        return obj is None or self.get_queryset(request).filter(pk=obj.pk).exists()
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        return visible_events(request.user)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_superuser
-
-    @admin.display(description=_("changes"))
-    def changes_json(self, obj):
-        return json.dumps(obj.changes, indent=2, sort_keys=True, ensure_ascii=False)
-
-    def delete_model(self, request, obj):
-        super().delete_model(request, obj)
-        self._record_prune(request, 1, [obj.pk])
-
-    def delete_queryset(self, request, queryset):
-        ids = list(queryset.values_list("pk", flat=True))
-        super().delete_queryset(request, queryset)
-        self._record_prune(request, len(ids), ids)
-
-    def _record_prune(self, request, count: int, ids: list[int]) -> None:
-        # Pruning is itself recorded, so a gap in the trail always has an explanation.
-        audit.record(
-            action="audit.prune",
-            actor=request.user,
-            changes={"count": count, "ids": ids[:1000]},
-            ip=client_ip(request),
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Not by team alone: a team-less event (a sign-in) is readable by the user it is about.
+        if obj is None:
+            return super().has_view_permission(request)
+        return self.has_module_permission(request) and (
+            self.get_queryset(request).filter(pk=obj.pk).exists()
         )
 
+    @admin.display(description=_("changes"))
+    def changes_json(self, obj: AuditEvent) -> str:
+        return json.dumps(obj.changes, indent=2, sort_keys=True, ensure_ascii=False)
+
+    def delete_model(self, request: HttpRequest, obj: AuditEvent) -> None:
+        super().delete_model(request, obj)
+        self._record_prune(1, [obj.pk])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)
+        self._record_prune(len(ids), ids)
+
+    def _record_prune(self, count: int, ids: list[int]) -> None:
+        # Pruning is itself recorded, so a gap in the trail always has an explanation.
+        audit.record(action="audit.prune", changes={"count": count, "ids": ids[:1000]})
+
     # --- export ---------------------------------------------------------------------------
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
         return [
             path(
@@ -228,7 +219,9 @@ class AuditEventAdmin(admin.ModelAdmin):
             ),
         ] + super().get_urls()
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         query = request.GET.urlencode()
         suffix = f"?{query}" if query else ""
         extra_context = {
@@ -238,33 +231,41 @@ class AuditEventAdmin(admin.ModelAdmin):
         }
         return super().changelist_view(request, extra_context=extra_context)
 
-    def export_view(self, request, fmt):
-        """Export what the changelist shows with the same filters and search (all pages)."""
+    def export_view(self, request: HttpRequest, fmt: str) -> HttpResponseBase:
+        """POST: export what the changelist shows with the same filters and search (all pages).
+
+        The filters travel in the query string, as on the changelist; only the button's POST,
+        which carries a CSRF token, exports and records the export.
+        """
         if not self.has_view_permission(request):
             raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
         try:
             changelist = self.get_changelist_instance(request)
         except IncorrectLookupParameters:
             return HttpResponseBadRequest(_("Unknown filter in the export link."))
         queryset = changelist.get_queryset(request)
-        return self._export(request, queryset, fmt, filters=request.GET.urlencode())
+        return self._export(queryset, fmt, filters=request.GET.urlencode())
 
     @admin.action(description=_("Export selected events as CSV"))
-    def export_csv(self, request, queryset):
-        return self._export(request, queryset, "csv", filters="selected")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponseBase:
+        return self._export(queryset, "csv", filters="selected")
 
     @admin.action(description=_("Export selected events as JSON lines"))
-    def export_jsonl(self, request, queryset):
-        return self._export(request, queryset, "jsonl", filters="selected")
+    def export_jsonl(
+        self, request: HttpRequest, queryset: QuerySet[AuditEvent]
+    ) -> HttpResponseBase:
+        return self._export(queryset, "jsonl", filters="selected")
 
-    def _export(self, request, queryset, fmt: str, *, filters: str):
+    def _export(
+        self, queryset: QuerySet[AuditEvent], fmt: str, *, filters: str
+    ) -> HttpResponseBase:
         queryset = queryset.select_related("team").order_by("created_at", "id")
         count = queryset.count()
         recorded = audit.record(
             action="audit.export",
-            actor=request.user,
             changes={"format": fmt, "count": count, "filters": filters[:500]},
-            ip=client_ip(request),
         )
         # The export shows the trail as it was when asked for, without its own record.
         queryset = queryset.filter(pk__lt=recorded.pk)

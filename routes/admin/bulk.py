@@ -8,15 +8,24 @@ every bulk deployment action asks first.
 
 from __future__ import annotations
 
-from django.contrib import messages
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import BadRequest, ValidationError
+from django.db.models import Model
+from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext
 
+from routes.models import Deployment
 from routes.permissions import Action, refused_slugs
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
-def valid_pk(model, value) -> bool:
+
+def valid_pk(model: type[Model], value: Any) -> bool:
     """Return True when value parses as a primary key of model that the database can store."""
     field = model._meta.pk
     try:
@@ -31,13 +40,20 @@ def valid_pk(model, value) -> bool:
 class ActionSelectionMiddleware:
     """Refuse (400) a POST to a ModelAdmin view whose selected ids are not ids of its model."""
 
-    def __init__(self, get_response) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)
 
-    def process_view(self, request, view_func, view_args, view_kwargs):
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> None:
+        """Raise BadRequest for a ModelAdmin POST that selects an impossible id; else None."""
         # ModelAdmin.get_urls() marks every view it wraps with its model_admin.
         model_admin = getattr(view_func, "model_admin", None)
         if request.method != "POST" or model_admin is None:
@@ -48,7 +64,14 @@ class ActionSelectionMiddleware:
         return None
 
 
-def may_act_on(modeladmin, request, deployments, *, action: Action, refused_message: str) -> bool:
+def may_act_on(
+    modeladmin: admin.ModelAdmin[Any],
+    request: HttpRequest,
+    deployments: Sequence[Deployment],
+    *,
+    action: Action,
+    refused_message: StrOrPromise,
+) -> bool:
     """Return True when deployments is not empty and user may perform action on each of them.
 
     Otherwise tell the user why (refused_message takes %(slugs)s) and return False; a bulk

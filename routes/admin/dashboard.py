@@ -8,6 +8,7 @@ own index asks for its recent actions with ``get_admin_log``; that keeps the sto
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import OuterRef, Subquery
 from django.urls import NoReverseMatch, reverse
@@ -17,11 +18,13 @@ from routes.models import (
     CheckResult,
     ConfigExport,
     Deployment,
-    Membership,
     Team,
     VerificationRun,
 )
 from routes.permissions import Action, can, teams_where
+
+if TYPE_CHECKING:
+    from routes.permissions import AnyUser
 
 # Bounds that keep the page (and its queries) small however many deployments exist.
 MAX_DEPLOYMENTS = 100
@@ -30,7 +33,7 @@ MAX_FAILING_CHECKS_PER_RUN = 5
 MAX_FEED = 8
 
 
-def optional_url(name: str, *args) -> str:
+def optional_url(name: str, *args: Any) -> str:
     """Return the URL of name, or "" when no page of that name is installed."""
     try:
         return reverse(name, args=args)
@@ -84,7 +87,7 @@ class Dashboard:
     deployment_count: int
 
 
-def build_dashboard(*, user) -> Dashboard:
+def build_dashboard(*, user: AnyUser) -> Dashboard:
     """Return the dashboard of user: only deployments, runs, exports and events they may see."""
     visible = Deployment.objects.visible_to(user)
     latest_run = (
@@ -177,8 +180,7 @@ def build_dashboard(*, user) -> Dashboard:
         # Team-less events (sign-ins and the like) are the audit trail's business, not changes.
         events = events.filter(team__isnull=False)
     else:
-        member_of = Membership.objects.filter(user=user).values("team_id")
-        events = events.filter(team_id__in=member_of)
+        events = events.filter(team__in=teams_where(user, Action.VIEW))
     changes = list(events[:MAX_FEED])
 
     # Nobody can create a deployment before a team exists; point whoever may add teams there.

@@ -5,23 +5,29 @@ CPA Management Key; CPA needs the same management key in ``remote-management.sec
 ``allow-remote: true``. GET explains what will be shown; only POST reveals, with no-store caching.
 """
 
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import PermissionDenied
-from django.shortcuts import get_object_or_404
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 
 from routes import audit
 from routes import keys as keyring
-from routes.admin import registry
-from routes.audit import client_ip
+from routes.admin.options import DeploymentPages, visible_deployment
 from routes.auth import enrol_url, pending_2fa_teams
 from routes.models import Deployment, Key
 from routes.permissions import Action, can
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 # Shown in the order CPAMP's first-setup form asks for them.
 SETUP_ROLES = (keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT)
@@ -42,7 +48,7 @@ class SetupValue:
     """One first-setup value: its label and either the clear value or why there is none."""
 
     role: str
-    label: str
+    label: StrOrPromise
     value: str = ""
     problem: str = ""
 
@@ -83,23 +89,47 @@ def cpa_config_snippet(management_key: str) -> str:
     return f"remote-management:\n  secret-key: {json.dumps(management_key)}\n  allow-remote: true\n"
 
 
-def _first_setup_view(model_admin):
-    @never_cache
-    def view(request, pk):
-        deployment = get_object_or_404(
-            Deployment.objects.visible_to(request.user).select_related("team"), pk=pk
-        )
+def first_setup_link(request: HttpRequest, deployment: Deployment) -> list[tuple[str, str]]:
+    """A button to the first-setup page, for users who may see the values."""
+    if can(request.user, Action.MANAGE_KEYS, deployment.team_id):
+        return [
+            (
+                str(_("CPAMP first-setup values")),
+                reverse("admin:routes_deployment_first_setup", args=[deployment.pk]),
+            )
+        ]
+    return []
+
+
+class FirstSetupPages(DeploymentPages):
+    """The deployment admin's first-setup page: GET explains, an owner's POST reveals."""
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:pk>/first-setup/",
+                self.admin_site.admin_view(self.first_setup_view),
+                name="routes_deployment_first_setup",
+            ),
+            *super().get_urls(),
+        ]
+
+    def page_links(self, request: HttpRequest, deployment: Deployment) -> list[tuple[str, str]]:
+        return [*first_setup_link(request, deployment), *super().page_links(request, deployment)]
+
+    @method_decorator(never_cache)
+    def first_setup_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """GET: what will be shown and to whom. POST (owners): the values, audited."""
+        deployment = visible_deployment(request, pk)
         user = request.user
-        context = {
-            **model_admin.admin_site.each_context(request),
-            "opts": Deployment._meta,
-            "original": deployment,
-            "deployment": deployment,
-            "title": _("CPAMP first-setup values"),
-            "panel_url": f"{deployment.base_url}/management.html",
-            "cpa_url": deployment.cpamp_cpa_url,
-            "cpa_panel_mode": deployment.mode == Deployment.Mode.CPA_PANEL,
-        }
+        context = self.page_context(
+            request,
+            deployment,
+            title=_("CPAMP first-setup values"),
+            panel_url=f"{deployment.base_url}/management.html",
+            cpa_url=deployment.cpamp_cpa_url,
+            cpa_panel_mode=deployment.mode == Deployment.Mode.CPA_PANEL,
+        )
         if not can(user, Action.MANAGE_KEYS, deployment.team):
             if any(t.pk == deployment.team_id for t in pending_2fa_teams(user)):
                 # An owner of a 2FA-only team: explain the refusal instead of a bare 403.
@@ -113,7 +143,6 @@ def _first_setup_view(model_admin):
             revealed = [v.role for v in values if v.value]
             audit.record(
                 action="key.reveal",
-                actor=user,
                 team=deployment.team,
                 obj=deployment,
                 changes={
@@ -121,7 +150,6 @@ def _first_setup_view(model_admin):
                     "revealed": revealed,
                     "missing": [v.role for v in values if not v.value],
                 },
-                ip=client_ip(request),
             )
             management = next(
                 (v.value for v in values if v.role == keyring.CPA_MANAGEMENT and v.value), ""
@@ -134,32 +162,3 @@ def _first_setup_view(model_admin):
                 }
             )
         return TemplateResponse(request, "admin/routes/first_setup.html", context)
-
-    return view
-
-
-def first_setup_urls(model_admin):
-    """URL of the first-setup page, for the deployment admin's get_urls()."""
-    return [
-        path(
-            "<int:pk>/first-setup/",
-            model_admin.admin_site.admin_view(_first_setup_view(model_admin)),
-            name="routes_deployment_first_setup",
-        )
-    ]
-
-
-def first_setup_link(request, deployment):
-    """A button to the first-setup page, for users who may see the values."""
-    if can(request.user, Action.MANAGE_KEYS, deployment.team_id):
-        return [
-            (
-                _("CPAMP first-setup values"),
-                reverse("admin:routes_deployment_first_setup", args=[deployment.pk]),
-            )
-        ]
-    return []
-
-
-registry.deployment_urls.append(first_setup_urls)
-registry.deployment_links.append(first_setup_link)

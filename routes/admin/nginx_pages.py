@@ -1,37 +1,39 @@
-"""Admin pages of a deployment's nginx config: preview, diff, check, download, export and routes.
+"""Admin pages of a deployment's nginx config: preview, diff, test, download, export and routes.
 
-Every page loads the deployment through Deployment.objects.visible_to (another team's deployment
-is a 404) and asks routes.permissions for the action: VIEW to read, EXPORT to download or export.
+Every page loads the deployment with visible_deployment (another team's deployment is a 404)
+and names the action it needs: VIEW to read, EXPORT to download or export, VERIFY to test the
+config with nginx. Reading the config page never runs nginx: it shows the stored test of the
+config as it is now (routes/nginx/tested.py), and "Test with nginx" is a POST.
 """
 
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.db.models import QuerySet, prefetch_related_objects
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_http_methods, require_POST
 
-from routes.admin import registry
-from routes.admin.base import ScopedAdmin
 from routes.admin.bulk import may_act_on
-from routes.audit import client_ip
-from routes.models import ConfigExport, Deployment
+from routes.admin.options import DeploymentPages, ScopedAdmin, visible_deployment
+from routes.models import ConfigExport, Deployment, RouteOverride
 from routes.nginx import boundaries as b
 from routes.nginx.export import (
     ExportError,
     build_archive,
-    check_files,
     prepared,
     record_exports,
+    render_files,
     write_export,
 )
 from routes.nginx.lint import lint
@@ -39,6 +41,7 @@ from routes.nginx.regexes import RegexTimeout
 from routes.nginx.render import (
     COMMON_FILENAME,
     InvalidDeployment,
+    Location,
     effective_locations,
     enabled_overrides,
     render_common,
@@ -48,10 +51,14 @@ from routes.nginx.render import (
 )
 from routes.nginx.sandbox import nginx_binary
 from routes.nginx.simulate import simulate_locations
-from routes.permissions import Action, can, has_any_membership, require
+from routes.nginx.tested import last_test, run_nginx_test
+from routes.permissions import Action, can
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 RECENT_EXPORTS = 10
-TARGET_LABELS = {b.CPA: _("CPA :8317"), b.CPAMP: _("CPAMP :18317")}
+TARGET_LABELS = dict(RouteOverride.Target.choices)
 MATCH_LABELS = {
     b.EXACT: _("exact"),
     b.PREFIX: _("prefix, no regex after"),
@@ -60,26 +67,10 @@ MATCH_LABELS = {
 }
 
 
-def _deployment(request, pk: int, action: Action) -> Deployment:
-    deployment = get_object_or_404(
-        Deployment.objects.visible_to(request.user)
-        .select_related("team")
-        .prefetch_related("overrides"),
-        pk=pk,
-    )
-    require(request.user, action, deployment.team_id)
+def _deployment(request: HttpRequest, pk: int, action: Action) -> Deployment:
+    deployment = visible_deployment(request, pk, action=action)
+    prefetch_related_objects([deployment], "overrides")
     return deployment
-
-
-def _context(model_admin, request, deployment: Deployment, title) -> dict:
-    return {
-        **model_admin.admin_site.each_context(request),
-        "opts": Deployment._meta,
-        "original": deployment,
-        "deployment": deployment,
-        "title": title,
-        "subtitle": str(deployment),
-    }
 
 
 def _diff_lines(previous: str, current: str, previous_label: str) -> list[tuple[str, str]]:
@@ -100,136 +91,10 @@ def _diff_lines(previous: str, current: str, previous_label: str) -> list[tuple[
     ]
 
 
-def _config_view(model_admin):
-    def view(request, pk):
-        deployment = _deployment(request, pk, Action.VIEW)
-        may_export = can(request.user, Action.EXPORT, deployment.team_id)
-        if request.method == "POST":
-            if not may_export:
-                raise PermissionDenied
-            return _export_to_directory(model_admin, request, deployment)
-        context = _context(model_admin, request, deployment, _("Nginx config"))
-        try:
-            site = render_site(deployment)
-        except InvalidDeployment as exc:
-            context.update({"invalid": exc.errors})
-            return TemplateResponse(request, "admin/routes/nginx/config.html", context)
-        common = render_common([deployment.server_name])
-        exports = list(
-            ConfigExport.objects.filter(deployment=deployment)
-            .select_related("created_by")
-            .order_by("-created_at", "-id")[:RECENT_EXPORTS]
-        )
-        last = exports[0] if exports else None
-        diff = []
-        if last is not None and last.text != site:
-            when = timezone.localtime(last.created_at).strftime("%Y-%m-%d %H:%M:%S")
-            label = gettext("export of %(when)s") % {"when": when}
-            diff = _diff_lines(last.text, site, label)
-        context.update(
-            {
-                "site": site,
-                "site_filename": site_filename(deployment),
-                "common": common,
-                "common_filename": COMMON_FILENAME,
-                "warnings": lint(deployment),
-                "check": check_files({COMMON_FILENAME: common, site_filename(deployment): site}),
-                "last_export": last,
-                "diff": diff,
-                "exports": exports,
-                "may_export": may_export,
-                "export_dir": settings.CONSOLE_EXPORT_DIR,
-                "routes_url": reverse("admin:routes_deployment_routes", args=[deployment.pk]),
-                "download_url": reverse(
-                    "admin:routes_deployment_config_download", args=[deployment.pk]
-                ),
-            }
-        )
-        return TemplateResponse(request, "admin/routes/nginx/config.html", context)
-
-    return view
-
-
-def _export_to_directory(model_admin, request, deployment: Deployment):
-    output_dir = settings.CONSOLE_EXPORT_DIR
-    try:
-        result = write_export(
-            deployments=[deployment],
-            output_dir=output_dir,
-            check=nginx_binary() is not None,
-            actor=request.user,
-            source=ConfigExport.Source.ADMIN,
-            ip=client_ip(request),
-        )
-    except (InvalidDeployment, ExportError) as exc:
-        model_admin.message_user(request, str(exc), messages.ERROR)
-    except OSError as exc:
-        model_admin.message_user(
-            request,
-            gettext("Cannot write to %(dir)s: %(error)s") % {"dir": output_dir, "error": exc},
-            messages.ERROR,
-        )
-    else:
-        model_admin.message_user(
-            request,
-            gettext("Exported to %(dir)s: %(written)d written, %(unchanged)d unchanged.")
-            % {
-                "dir": output_dir,
-                "written": len(result.written),
-                "unchanged": len(result.unchanged),
-            },
-            messages.SUCCESS,
-        )
-        for _slug, warning in result.warnings:
-            model_admin.message_user(request, str(warning), messages.WARNING)
-    return HttpResponseRedirect(reverse("admin:routes_deployment_config", args=[deployment.pk]))
-
-
-def _download_view(model_admin):
-    def view(request, pk):
-        if request.method not in ("GET", "POST"):
-            return HttpResponseNotAllowed(["GET", "POST"])
-        deployment = _deployment(request, pk, Action.EXPORT)
-        try:
-            # Neither file is handed out for a deployment that fails a validator, whatever way
-            # the bad value reached the database.
-            validate_deployment(deployment, enabled_overrides(deployment))
-        except InvalidDeployment as exc:
-            model_admin.message_user(request, str(exc), messages.ERROR)
-            return HttpResponseRedirect(
-                reverse("admin:routes_deployment_config", args=[deployment.pk])
-            )
-        if request.GET.get("file") == "common":
-            name, text = COMMON_FILENAME, render_common([deployment.server_name])
-        else:
-            try:
-                text = render_site(deployment)
-            except InvalidDeployment as exc:
-                model_admin.message_user(request, str(exc), messages.ERROR)
-                return HttpResponseRedirect(
-                    reverse("admin:routes_deployment_config", args=[deployment.pk])
-                )
-            name = site_filename(deployment)
-            # A GET is safe (links, prefetching, crawlers): only a POST, which carries a CSRF
-            # token, records the download as an export.
-            if request.method == "POST":
-                record_exports(
-                    texts=[(deployment, text)],
-                    actor=request.user,
-                    source=ConfigExport.Source.ADMIN,
-                    ip=client_ip(request),
-                )
-        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
-        response["Cache-Control"] = "no-store"
-        return response
-
-    return view
-
-
-def _route_rows(locations, chosen=None) -> list[dict]:
+def _route_rows(locations: list[Location], chosen: Location | None = None) -> list[dict[str, Any]]:
     rows = []
     for position, location in enumerate(locations, start=1):
+        origin: StrOrPromise
         if location.origin == "override" and location.replaces is not None:
             origin = _("override, replaces the built-in route to %(target)s") % {
                 "target": TARGET_LABELS.get(location.replaces.target, _("a 302 redirect"))
@@ -260,17 +125,193 @@ def _route_rows(locations, chosen=None) -> list[dict]:
     return rows
 
 
-def _routes_view(model_admin):
-    def view(request, pk):
+class NginxPages(DeploymentPages):
+    """The deployment admin's config, test, download and routes pages and its archive action."""
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/nginx/", wrap(self.config_view), name="routes_deployment_config"),
+            path(
+                "<int:pk>/nginx/test/",
+                wrap(self.config_test_view),
+                name="routes_deployment_config_test",
+            ),
+            path(
+                "<int:pk>/nginx/download/",
+                wrap(self.config_download_view),
+                name="routes_deployment_config_download",
+            ),
+            path("<int:pk>/routes/", wrap(self.routes_view), name="routes_deployment_routes"),
+            *super().get_urls(),
+        ]
+
+    def page_links(self, request: HttpRequest, deployment: Deployment) -> list[tuple[str, str]]:
+        """Buttons on the deployment page: config and routes (VIEW), download (EXPORT)."""
+        links = []
+        if can(request.user, Action.VIEW, deployment.team_id):
+            links.append(
+                (
+                    str(_("Nginx config")),
+                    reverse("admin:routes_deployment_config", args=[deployment.pk]),
+                )
+            )
+            links.append(
+                (str(_("Routes")), reverse("admin:routes_deployment_routes", args=[deployment.pk]))
+            )
+        if can(request.user, Action.EXPORT, deployment.team_id):
+            links.append(
+                (
+                    str(_("Download config")),
+                    reverse("admin:routes_deployment_config_download", args=[deployment.pk]),
+                )
+            )
+        return [*links, *super().page_links(request, deployment)]
+
+    def config_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """GET: the rendered files, lint, the stored nginx test, the diff. POST: export them."""
+        if request.method == "POST":
+            return self._export_to_directory(request, _deployment(request, pk, Action.EXPORT))
         deployment = _deployment(request, pk, Action.VIEW)
-        context = _context(model_admin, request, deployment, _("Routes"))
+        may_export = can(request.user, Action.EXPORT, deployment.team_id)
+        context = self.page_context(
+            request, deployment, title=_("Nginx config"), subtitle=str(deployment)
+        )
+        try:
+            files = render_files([deployment])
+        except InvalidDeployment as exc:
+            context.update({"invalid": exc.errors})
+            return TemplateResponse(request, "admin/routes/nginx/config.html", context)
+        site, common = files[site_filename(deployment)], files[COMMON_FILENAME]
+        exports = list(
+            ConfigExport.objects.filter(deployment=deployment)
+            .select_related("created_by")
+            .order_by("-created_at", "-id")[:RECENT_EXPORTS]
+        )
+        last = exports[0] if exports else None
+        diff = []
+        if last is not None and last.text != site:
+            when = timezone.localtime(last.created_at).strftime("%Y-%m-%d %H:%M:%S")
+            label = gettext("export of %(when)s") % {"when": when}
+            diff = _diff_lines(last.text, site, label)
+        context.update(
+            {
+                "site": site,
+                "site_filename": site_filename(deployment),
+                "common": common,
+                "common_filename": COMMON_FILENAME,
+                "warnings": lint(deployment),
+                "nginx_installed": nginx_binary() is not None,
+                "nginx_test": last_test(deployment=deployment, files=files),
+                "may_test": can(request.user, Action.VERIFY, deployment.team_id),
+                "test_url": reverse("admin:routes_deployment_config_test", args=[deployment.pk]),
+                "last_export": last,
+                "diff": diff,
+                "exports": exports,
+                "may_export": may_export,
+                "export_dir": settings.CONSOLE_EXPORT_DIR,
+                "routes_url": reverse("admin:routes_deployment_routes", args=[deployment.pk]),
+                "download_url": reverse(
+                    "admin:routes_deployment_config_download", args=[deployment.pk]
+                ),
+            }
+        )
+        return TemplateResponse(request, "admin/routes/nginx/config.html", context)
+
+    @method_decorator(require_POST)
+    def config_test_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """POST (operators): run nginx -t on the config as it is now, store and show the outcome."""
+        deployment = _deployment(request, pk, Action.VERIFY)
+        try:
+            test = run_nginx_test(deployment=deployment)
+        except InvalidDeployment as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            if test is None:
+                level = messages.WARNING
+                text = gettext("Nothing was tested: nginx is not installed on the console host.")
+            elif test.timed_out:
+                level = messages.WARNING
+                text = gettext("Tested with nginx: nginx -t did not finish in time.")
+            elif test.ok:
+                level = messages.SUCCESS
+                text = gettext("Tested with nginx: nginx -t accepts this config.")
+            else:
+                level = messages.ERROR
+                text = gettext("Tested with nginx: nginx -t refuses this config.")
+            self.message_user(request, text, level)
+        return HttpResponseRedirect(reverse("admin:routes_deployment_config", args=[deployment.pk]))
+
+    def _export_to_directory(self, request: HttpRequest, deployment: Deployment) -> HttpResponse:
+        output_dir = settings.CONSOLE_EXPORT_DIR
+        try:
+            result = write_export(
+                deployments=[deployment],
+                output_dir=output_dir,
+                check=nginx_binary() is not None,
+                source=ConfigExport.Source.ADMIN,
+            )
+        except (InvalidDeployment, ExportError) as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        except OSError as exc:
+            self.message_user(
+                request,
+                gettext("Cannot write to %(dir)s: %(error)s") % {"dir": output_dir, "error": exc},
+                messages.ERROR,
+            )
+        else:
+            self.message_user(
+                request,
+                gettext("Exported to %(dir)s: %(written)d written, %(unchanged)d unchanged.")
+                % {
+                    "dir": output_dir,
+                    "written": len(result.written),
+                    "unchanged": len(result.unchanged),
+                },
+                messages.SUCCESS,
+            )
+            for _slug, warning in result.warnings:
+                self.message_user(request, str(warning), messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:routes_deployment_config", args=[deployment.pk]))
+
+    @method_decorator(require_http_methods(["GET", "POST"]))
+    def config_download_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Answer the site file (or ?file=common, the shared file) as a download."""
+        deployment = _deployment(request, pk, Action.EXPORT)
+        config_url = reverse("admin:routes_deployment_config", args=[deployment.pk])
+        try:
+            # Neither file is handed out for a deployment that fails a validator, whatever way
+            # the bad value reached the database.
+            validate_deployment(deployment, enabled_overrides(deployment))
+            if request.GET.get("file") == "common":
+                name, text = COMMON_FILENAME, render_common([deployment.server_name])
+            else:
+                name, text = site_filename(deployment), render_site(deployment)
+        except InvalidDeployment as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(config_url)
+        # A GET is safe (links, prefetching, crawlers): only a POST, which carries a CSRF
+        # token, records the download of the site file as an export.
+        if request.method == "POST" and name != COMMON_FILENAME:
+            record_exports(texts=[(deployment, text)], source=ConfigExport.Source.ADMIN)
+        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def routes_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The effective routing table and the path tester (?path=)."""
+        deployment = _deployment(request, pk, Action.VIEW)
+        context = self.page_context(
+            request, deployment, title=_("Routes"), subtitle=str(deployment)
+        )
         locations = effective_locations(deployment)
         tested = request.GET.get("path", "").strip()
         try:
             result = simulate_locations(locations, tested) if tested else None
         except RegexTimeout as exc:
             # A regex override that backtracks too long: say so instead of holding the worker.
-            model_admin.message_user(request, exc.message, messages.ERROR)
+            self.message_user(request, exc.message, messages.ERROR)
             result = None
         context.update(
             {
@@ -284,85 +325,34 @@ def _routes_view(model_admin):
         )
         return TemplateResponse(request, "admin/routes/nginx/routes.html", context)
 
-    return view
-
-
-def nginx_urls(model_admin):
-    """URLs of the config, download and routes pages, for the deployment admin's get_urls()."""
-    wrap = model_admin.admin_site.admin_view
-    return [
-        path(
-            "<int:pk>/nginx/",
-            wrap(_config_view(model_admin)),
-            name="routes_deployment_config",
-        ),
-        path(
-            "<int:pk>/nginx/download/",
-            wrap(_download_view(model_admin)),
-            name="routes_deployment_config_download",
-        ),
-        path(
-            "<int:pk>/routes/",
-            wrap(_routes_view(model_admin)),
-            name="routes_deployment_routes",
-        ),
-    ]
-
-
-def nginx_links(request, deployment):
-    """Buttons on the deployment page: config and routes (VIEW), download (EXPORT)."""
-    links = []
-    if can(request.user, Action.VIEW, deployment.team_id):
-        links.append(
-            (_("Nginx config"), reverse("admin:routes_deployment_config", args=[deployment.pk]))
-        )
-        links.append((_("Routes"), reverse("admin:routes_deployment_routes", args=[deployment.pk])))
-    if can(request.user, Action.EXPORT, deployment.team_id):
-        links.append(
-            (
-                _("Download config"),
-                reverse("admin:routes_deployment_config_download", args=[deployment.pk]),
-            )
-        )
-    return links
-
-
-@admin.action(description=_("Download configs as archive"), permissions=["export"])
-def download_archive(modeladmin, request, queryset):
-    """Answer a tar.gz of the selected deployments' configs (with the shared file)."""
-    deployments = prepared(queryset.order_by("slug"))
-    if not may_act_on(
-        modeladmin,
-        request,
-        deployments,
-        action=Action.EXPORT,
-        refused_message=gettext("You may not export %(slugs)s; nothing was downloaded."),
-    ):
-        return None
-    try:
-        data, _rows = build_archive(
-            deployments=deployments,
-            actor=request.user,
-            source=ConfigExport.Source.ARCHIVE,
-            ip=client_ip(request),
-        )
-    except InvalidDeployment as exc:
-        modeladmin.message_user(request, str(exc), messages.ERROR)
-        return None
-    response = HttpResponse(data, content_type="application/gzip")
-    response["Content-Disposition"] = 'attachment; filename="nginx-configs.tar.gz"'
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-registry.deployment_urls.append(nginx_urls)
-registry.deployment_links.append(nginx_links)
-registry.deployment_actions.append(download_archive)
+    @admin.action(description=_("Download configs as archive"), permissions=["export"])
+    def download_archive(
+        self, request: HttpRequest, queryset: QuerySet[Deployment]
+    ) -> HttpResponse | None:
+        """Answer a tar.gz of the selected deployments' configs (with the shared file)."""
+        deployments = prepared(queryset.order_by("slug"))
+        if not may_act_on(
+            self,
+            request,
+            deployments,
+            action=Action.EXPORT,
+            refused_message=gettext("You may not export %(slugs)s; nothing was downloaded."),
+        ):
+            return None
+        try:
+            data, _rows = build_archive(deployments=deployments, source=ConfigExport.Source.ARCHIVE)
+        except InvalidDeployment as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        response = HttpResponse(data, content_type="application/gzip")
+        response["Content-Disposition"] = 'attachment; filename="nginx-configs.tar.gz"'
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 @admin.register(ConfigExport)
 class ConfigExportAdmin(ScopedAdmin):
-    """Export history: read-only, scoped to the user's teams."""
+    """Export history: read-only, scoped to the user's teams; superusers may prune it."""
 
     list_display = ("deployment", "short_hash", "source", "created_by", "created_at")
     list_filter = ("source", "created_at")
@@ -371,8 +361,10 @@ class ConfigExportAdmin(ScopedAdmin):
     date_hierarchy = "created_at"
     fields = ("deployment", "content_hash", "source", "created_by", "created_at", "config")
     readonly_fields = fields
+    team_path = "deployment__team"
+    roles = {"view": Action.VIEW, "delete": Action.ADMINISTER}
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ConfigExport]:
         return (
             super()
             .get_queryset(request)
@@ -380,23 +372,9 @@ class ConfigExportAdmin(ScopedAdmin):
         )
 
     @admin.display(description=_("SHA-256"), ordering="content_hash")
-    def short_hash(self, obj):
+    def short_hash(self, obj: ConfigExport) -> str:
         return obj.content_hash[:12]
 
     @admin.display(description=_("config"))
-    def config(self, obj):
+    def config(self, obj: ConfigExport) -> str:
         return format_html('<pre class="console-code">{}</pre>', obj.text)
-
-    def has_view_permission(self, request, obj=None):
-        if obj is None:
-            return has_any_membership(request.user)
-        return can(request.user, Action.VIEW, obj.deployment.team_id)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_superuser

@@ -5,14 +5,18 @@ and as an otpauth:// URI; no QR service, nothing leaves the server). Superusers 
 everyone's devices, which is how a lost phone is recovered.
 """
 
+from __future__ import annotations
+
 from base64 import b32encode
+from typing import Any
 
 import django_otp
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -20,8 +24,9 @@ from django.views.decorators.cache import never_cache
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from routes import audit
-from routes.admin import registry
-from routes.auth import ConsoleLoginForm, client_ip, owner_2fa_teams, pending_2fa_teams
+from routes.admin.options import ConsoleAdmin
+from routes.auth import ConsoleLoginForm, owner_2fa_teams, pending_2fa_teams
+from routes.models import Deployment
 
 # The default admin site stays the one instance every feature registers on; it only gets the
 # OTP-aware form (the token is asked of users who have a device) and a template that shows it.
@@ -57,7 +62,7 @@ if admin.site.is_registered(TOTPDevice):
 
 
 @admin.register(TOTPDevice)
-class TwoFactorDeviceAdmin(admin.ModelAdmin):
+class TwoFactorDeviceAdmin(ConsoleAdmin):
     list_display = ("name", "user", "confirmed", "created_at", "last_used_at")
     list_filter = ("confirmed",)
     list_select_related = ("user",)
@@ -66,52 +71,43 @@ class TwoFactorDeviceAdmin(admin.ModelAdmin):
     fields = ("name", "user", "confirmed", "created_at", "last_used_at")
     readonly_fields = fields
     change_list_template = "admin/routes/security/device_change_list.html"
+    # Devices are added through the enrolment page, which proves the app works first, and
+    # never edited: the (empty) roles table refuses add and change to everyone.
+    roles = {}
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TOTPDevice]:
         qs = super().get_queryset(request)
-        return qs if request.user.is_superuser else qs.filter(user=request.user)
+        return qs if request.user.is_superuser else qs.filter(user_id=request.user.pk)
 
-    def _own(self, request, obj) -> bool:
+    # Not by team: a device belongs to one user, and every staff user manages their own.
+    def _own(self, request: HttpRequest, obj: TOTPDevice | None) -> bool:
         user = request.user
         if not (user.is_active and user.is_staff):
             return False
         return obj is None or user.is_superuser or obj.user_id == user.pk
 
-    def has_module_permission(self, request):
+    def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_staff
 
-    def has_view_permission(self, request, obj=None):
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._own(request, obj)
 
-    def has_add_permission(self, request):
-        # Devices are added through the enrolment page, which proves the app works first.
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._own(request, obj)
 
-    def delete_model(self, request, obj):
-        self._record_removal(request, [obj])
+    def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
+        self._record_removal([obj])
         super().delete_model(request, obj)
 
-    def delete_queryset(self, request, queryset):
-        self._record_removal(request, list(queryset.select_related("user")))
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TOTPDevice]) -> None:
+        self._record_removal(list(queryset.select_related("user")))
         super().delete_queryset(request, queryset)
 
-    def _record_removal(self, request, devices) -> None:
+    def _record_removal(self, devices: list[TOTPDevice]) -> None:
         for device in devices:
-            audit.record(
-                action="otp.remove",
-                actor=request.user,
-                obj=device.user,
-                changes={"device": device.name},
-                ip=client_ip(request),
-            )
+            audit.record(action="otp.remove", obj=device.user, changes={"device": device.name})
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         urls = [
             path(
                 "enrol/",
@@ -121,7 +117,9 @@ class TwoFactorDeviceAdmin(admin.ModelAdmin):
         ]
         return urls + super().get_urls()
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         extra_context = {
             **(extra_context or {}),
             "enrol_url": reverse("admin:otp_totp_totpdevice_enrol"),
@@ -130,7 +128,8 @@ class TwoFactorDeviceAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context=extra_context)
 
     @method_decorator(never_cache)
-    def enrol_view(self, request):
+    def enrol_view(self, request: HttpRequest) -> HttpResponse:
+        """Enrol a TOTP device for the signed-in user: name it, then prove a code from it."""
         user = request.user
         pending = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
         start_form = EnrolStartForm()
@@ -158,11 +157,7 @@ class TwoFactorDeviceAdmin(admin.ModelAdmin):
                         # The code just proved possession: this session counts as verified.
                         django_otp.login(request, pending)
                         audit.record(
-                            action="otp.enrol",
-                            actor=user,
-                            obj=user,
-                            changes={"device": pending.name},
-                            ip=client_ip(request),
+                            action="otp.enrol", obj=pending.user, changes={"device": pending.name}
                         )
                         messages.success(
                             request,
@@ -195,11 +190,13 @@ class TwoFactorDeviceAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/routes/security/enrol.html", context)
 
 
-def _enrol_link(request, deployment):
+def enrol_link(request: HttpRequest, deployment: Deployment) -> list[tuple[str, str]]:
     """Point owners of 2FA-only teams without a verified session to the enrolment page."""
     if any(team.pk == deployment.team_id for team in pending_2fa_teams(request.user)):
-        return [(_("Enrol two-factor to manage keys"), reverse("admin:otp_totp_totpdevice_enrol"))]
+        return [
+            (
+                str(_("Enrol two-factor to manage keys")),
+                reverse("admin:otp_totp_totpdevice_enrol"),
+            )
+        ]
     return []
-
-
-registry.deployment_links.append(_enrol_link)

@@ -12,13 +12,13 @@ from django.contrib import admin
 from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.contenttypes.views import shortcut
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.translation import gettext
 
 from routes.admin.bulk import valid_pk
 
 
-def view_on_site(request, content_type_id: int, object_id: str):
+def view_on_site(request: HttpRequest, content_type_id: int, object_id: str) -> HttpResponse:
     """Redirect like Django's shortcut, for objects the user's admin shows; else 404."""
     content_type = None
     if valid_pk(ContentType, content_type_id):
@@ -31,8 +31,8 @@ def view_on_site(request, content_type_id: int, object_id: str):
         except NotRegistered:
             pass
     obj = None
-    if model_admin is not None and valid_pk(model, object_id):
+    if model is not None and model_admin is not None and valid_pk(model, object_id):
         obj = model_admin.get_queryset(request).filter(pk=object_id).first()
-    if obj is None or not model_admin.has_view_permission(request, obj):
+    if model_admin is None or obj is None or not model_admin.has_view_permission(request, obj):
         raise Http404(gettext("No such object in your teams."))
     return shortcut(request, content_type_id, object_id)

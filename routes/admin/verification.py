@@ -1,41 +1,57 @@
 """Verification in the admin: run history, jobs, the "Run verification" action and page, live
 progress, and "Test this key".
 
-Staff hold no Django model permissions: every page asks routes.permissions, and runs of other
-teams' deployments do not exist for a user (404).
+Staff hold no Django model permissions: every admin here answers from its roles table, and runs
+of other teams' deployments do not exist for a user (404).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q
-from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_POST
 
-from routes import audit, destinations, verify
-from routes.admin import registry
+from routes import audit, tasks
 from routes.admin.bulk import may_act_on
+from routes.admin.options import (
+    DeploymentPages,
+    ScopedAdmin,
+    viewed_and_managed,
+    visible_deployment,
+)
 from routes.models import Deployment, Key, VerificationJob, VerificationRun
-from routes.permissions import Action, can, has_any_membership, teams_where
+from routes.permissions import Action, can, teams_where
+from routes.verification import destinations
+from routes.verification.checks import CHECKS
+from routes.verification.runs import planned_checks, probe_key, progress, recent_runs
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 
-def status_badge(status: str, label: str | None = None):
+def status_badge(status: str, label: StrOrPromise | None = None) -> SafeString:
     """Return a run or check status as a coloured badge (classes from console.css)."""
     return format_html('<span class="console-badge {}">{}</span>', status, label or status)
 
 
 @admin.display(description=_("last verification"), ordering="last_run_at")
-def last_run(obj):
-    """Changelist column for deployments annotated by verify.annotate_last_run()."""
+def last_run(obj: Deployment) -> str:
+    """Changelist column for deployments annotated by runs.annotate_last_run()."""
     status = getattr(obj, "last_run_status", None)
     if not status:
         return "—"
@@ -48,146 +64,125 @@ def last_run(obj):
     return format_html("{} <small>{}</small>", status_badge(status, label), when_text)
 
 
-def _visible_deployment(request, object_id) -> Deployment:
-    deployment = (
-        Deployment.objects.visible_to(request.user).filter(pk=object_id).select_related("team")
-    ).first()
-    if deployment is None:
-        raise Http404(_("No such deployment in your teams."))
-    return deployment
+def recent_runs_html(deployment: Deployment, *, limit: int = 10) -> SafeString:
+    """Return the deployment page's strip of recent runs (autoescaped template)."""
+    return render_to_string(
+        "admin/routes/verification/recent_runs.html",
+        {"deployment": deployment, "runs": recent_runs(deployment, limit=limit)},
+    )
 
 
 # --- the deployment's verification page, progress and key tests ---------------------------
 
 
-def verify_view(model_admin, request, object_id):
-    """GET: the job, the latest (or ?run=) run with live progress. POST: queue a run."""
-    deployment = _visible_deployment(request, object_id)
-    if not can(request.user, Action.VIEW, deployment.team_id):
-        raise PermissionDenied
-    may_run = can(request.user, Action.VERIFY, deployment.team_id)
-    if request.method == "POST":
-        if not may_run:
-            raise PermissionDenied
-        run = verify.start_run(
-            deployment=deployment, trigger=VerificationRun.Trigger.MANUAL, actor=request.user
-        )
-        messages.success(request, _("Verification run #%(id)d queued.") % {"id": run.pk})
-        url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
-        return HttpResponseRedirect(f"{url}?run={run.pk}")
-    verify.mark_stale_runs()
-    job = VerificationJob.objects.filter(deployment=deployment).first()
-    runs = VerificationRun.objects.filter(job__deployment=deployment)
-    run = None
-    if request.GET.get("run", "").isdigit():
-        run = runs.filter(pk=int(request.GET["run"])).first()
-        if run is None:
-            raise Http404(_("No such run for this deployment."))
-    else:
-        run = runs.order_by("-created_at", "-id").first()
-    planned = (
-        verify.planned_checks(job)
-        if job
-        else verify.planned_checks(VerificationJob(deployment=deployment))
-    )
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "title": _("Verification of %(name)s") % {"name": deployment},
-        "opts": model_admin.model._meta,
-        "original": deployment,
-        "deployment": deployment,
-        "job": job,
-        "base_url": job.effective_base_url if job else deployment.base_url,
-        "planned": planned,
-        "run": run,
-        "progress": verify.progress(run) if run else None,
-        "may_run": may_run,
-        "may_edit_job": can(request.user, Action.EDIT, deployment.team_id),
-        "job_url": reverse("admin:routes_verificationjob_change", args=[job.pk]) if job else "",
-        "runs": verify.recent_runs(deployment),
-    }
-    return TemplateResponse(request, "admin/routes/verification/verify.html", context)
+class VerificationPages(DeploymentPages):
+    """The deployment admin's verification page, "Test this key" and "Run verification"."""
 
-
-def test_key_view(model_admin, request, object_id, key_id):
-    """POST: run "Test this key" and go back to the deployment page with the outcome."""
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    deployment = _visible_deployment(request, object_id)
-    if not can(request.user, Action.VERIFY, deployment.team_id):
-        raise PermissionDenied
-    key = get_object_or_404(Key, pk=key_id, deployment=deployment)
-    result = verify.probe_key(key=key, actor=request.user)
-    name = f"{key.get_role_display()} {key.masked}"
-    if result.ok:
-        messages.success(request, _("%(key)s: the key works.") % {"key": name})
-    elif result.ok is None:
-        messages.warning(
-            request, _("%(key)s: not tested. %(detail)s") % {"key": name, "detail": result.detail}
-        )
-    else:
-        messages.error(
-            request,
-            _("%(key)s: the test failed. %(detail)s") % {"key": name, "detail": result.detail},
-        )
-    return HttpResponseRedirect(reverse("admin:routes_deployment_change", args=[deployment.pk]))
-
-
-def deployment_urls(model_admin):
-    wrap = model_admin.admin_site.admin_view
-    return [
-        path(
-            "<path:object_id>/verify/",
-            wrap(lambda request, object_id: verify_view(model_admin, request, object_id)),
-            name="routes_deployment_verify",
-        ),
-        path(
-            "<path:object_id>/keys/<int:key_id>/test/",
-            wrap(
-                lambda request, object_id, key_id: test_key_view(
-                    model_admin, request, object_id, key_id
-                )
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/verify/",
+                wrap(self.verify_view),
+                name="routes_deployment_verify",
             ),
-            name="routes_deployment_test_key",
-        ),
-    ]
+            path(
+                "<path:object_id>/keys/<int:key_id>/test/",
+                wrap(self.test_key_view),
+                name="routes_deployment_test_key",
+            ),
+            *super().get_urls(),
+        ]
 
+    def page_links(self, request: HttpRequest, deployment: Deployment) -> list[tuple[str, str]]:
+        """A button to the verification page, for whoever may view the deployment."""
+        links = []
+        if can(request.user, Action.VIEW, deployment.team_id):
+            url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
+            links.append((str(_("Verification")), url))
+        return [*links, *super().page_links(request, deployment)]
 
-def deployment_links(request, deployment):
-    if not can(request.user, Action.VIEW, deployment.team_id):
-        return []
-    return [(_("Verification"), reverse("admin:routes_deployment_verify", args=[deployment.pk]))]
+    def verify_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the job, the latest (or ?run=) run with live progress. POST: queue a run."""
+        if request.method == "POST":
+            deployment = visible_deployment(request, object_id, action=Action.VERIFY)
+            queued = tasks.start_run(deployment=deployment, trigger=VerificationRun.Trigger.MANUAL)
+            messages.success(request, _("Verification run #%(id)d queued.") % {"id": queued.pk})
+            url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
+            return HttpResponseRedirect(f"{url}?run={queued.pk}")
+        deployment = visible_deployment(request, object_id)
+        # Without a stored job the page shows what a first run would do; nothing is saved.
+        job = VerificationJob.objects.filter(deployment=deployment).first()
+        runs = VerificationRun.objects.filter(job__deployment=deployment)
+        run: VerificationRun | None
+        if request.GET.get("run", "").isdigit():
+            run = runs.filter(pk=int(request.GET["run"])).first()
+            if run is None:
+                raise Http404(_("No such run for this deployment."))
+        else:
+            run = runs.order_by("-created_at", "-id").first()
+        context = self.page_context(
+            request,
+            deployment,
+            title=_("Verification of %(name)s") % {"name": deployment},
+            job=job,
+            base_url=job.effective_base_url if job else deployment.base_url,
+            planned=planned_checks(job or VerificationJob(deployment=deployment)),
+            run=run,
+            progress=progress(run) if run else None,
+            may_run=can(request.user, Action.VERIFY, deployment.team_id),
+            may_edit_job=can(request.user, Action.EDIT, deployment.team_id),
+            job_url=reverse("admin:routes_verificationjob_change", args=[job.pk]) if job else "",
+            runs=recent_runs(deployment),
+        )
+        return TemplateResponse(request, "admin/routes/verification/verify.html", context)
 
+    @method_decorator(require_POST)
+    def test_key_view(self, request: HttpRequest, object_id: str, key_id: int) -> HttpResponse:
+        """POST: run "Test this key" and go back to the deployment page with the outcome."""
+        deployment = visible_deployment(request, object_id, action=Action.VERIFY)
+        key = get_object_or_404(Key, pk=key_id, deployment=deployment)
+        result = probe_key(key=key)
+        name = f"{key.get_role_display()} {key.masked}"
+        if result.ok:
+            messages.success(request, _("%(key)s: the key works.") % {"key": name})
+        elif result.ok is None:
+            messages.warning(
+                request,
+                _("%(key)s: not tested. %(detail)s") % {"key": name, "detail": result.detail},
+            )
+        else:
+            messages.error(
+                request,
+                _("%(key)s: the test failed. %(detail)s") % {"key": name, "detail": result.detail},
+            )
+        return HttpResponseRedirect(reverse("admin:routes_deployment_change", args=[deployment.pk]))
 
-@admin.action(description=_("Run verification"), permissions=["verify"])
-def run_verification(modeladmin, request, queryset):
-    """Queue a verification run for each selected deployment the user may verify."""
-    if not may_act_on(
-        modeladmin,
-        request,
-        list(queryset),
-        action=Action.VERIFY,
-        refused_message=_("You may not verify %(slugs)s; nothing was queued."),
-    ):
+    @admin.action(description=_("Run verification"), permissions=["verify"])
+    def run_verification(
+        self, request: HttpRequest, queryset: QuerySet[Deployment]
+    ) -> HttpResponse | None:
+        """Queue a verification run for each selected deployment the user may verify."""
+        if not may_act_on(
+            self,
+            request,
+            list(queryset),
+            action=Action.VERIFY,
+            refused_message=_("You may not verify %(slugs)s; nothing was queued."),
+        ):
+            return None
+        runs = [
+            tasks.start_run(deployment=d, trigger=VerificationRun.Trigger.MANUAL) for d in queryset
+        ]
+        self.message_user(
+            request,
+            _("Queued %(n)d verification run(s).") % {"n": len(runs)},
+            messages.SUCCESS,
+        )
+        if len(runs) == 1:
+            url = reverse("admin:routes_deployment_verify", args=[runs[0].job.deployment_id])
+            return HttpResponseRedirect(f"{url}?run={runs[0].pk}")
         return None
-    runs = [
-        verify.start_run(deployment=d, trigger=VerificationRun.Trigger.MANUAL, actor=request.user)
-        for d in queryset
-    ]
-    modeladmin.message_user(
-        request,
-        _("Queued %(n)d verification run(s).") % {"n": len(runs)},
-        messages.SUCCESS,
-    )
-    if len(runs) == 1:
-        url = reverse("admin:routes_deployment_verify", args=[runs[0].job.deployment_id])
-        return HttpResponseRedirect(f"{url}?run={runs[0].pk}")
-    return None
-
-
-registry.deployment_urls.append(deployment_urls)
-registry.deployment_links.append(deployment_links)
-registry.deployment_actions.append(run_verification)
 
 
 # --- run history ----------------------------------------------------------------------------
@@ -197,19 +192,24 @@ class DeploymentFilter(admin.SimpleListFilter):
     title = _("deployment")
     parameter_name = "deployment"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
         return [
             (str(d.pk), d.slug) for d in Deployment.objects.visible_to(request.user).only("slug")
         ]
 
-    def queryset(self, request, queryset):
-        if self.value() and self.value().isdigit():
-            return queryset.filter(job__deployment_id=int(self.value()))
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[VerificationRun]
+    ) -> QuerySet[VerificationRun]:
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(job__deployment_id=int(value))
         return queryset
 
 
 @admin.register(VerificationRun)
-class VerificationRunAdmin(admin.ModelAdmin):
+class VerificationRunAdmin(ScopedAdmin):
     list_display = (
         "id",
         "deployment",
@@ -240,9 +240,12 @@ class VerificationRunAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     actions = None
-    view_on_site = False
+    missing_message = _("No such run in your teams.")
+    team_path = "job__deployment__team"
+    # Runs are written by the worker and pruned by `manage.py prune_runs`, never by hand.
+    roles = {"view": Action.VIEW}
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[VerificationRun]:
         return (
             VerificationRun.objects.filter(
                 job__deployment__in=Deployment.objects.visible_to(request.user)
@@ -251,17 +254,7 @@ class VerificationRunAdmin(admin.ModelAdmin):
             .annotate(n_failed=Count("results", filter=Q(results__passed=False)))
         )
 
-    def get_object(self, request, object_id, from_field=None):
-        obj = super().get_object(request, object_id, from_field)
-        if obj is None:
-            raise Http404(_("No such run in your teams."))
-        return obj
-
-    def changelist_view(self, request, extra_context=None):
-        verify.mark_stale_runs()
-        return super().changelist_view(request, extra_context)
-
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
         return [
             path(
@@ -272,48 +265,31 @@ class VerificationRunAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def progress_view(self, request, object_id):
+    def progress_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The small JSON the verify page polls (404 for another team's run)."""
         run = self.get_object(request, object_id)
-        if not can(request.user, Action.VIEW, run.job.deployment.team_id):
+        if not self.has_view_permission(request, run):
             raise PermissionDenied
-        return JsonResponse(verify.progress(run))
+        return JsonResponse(progress(run))
 
     @admin.display(description=_("deployment"), ordering="job__deployment__slug")
-    def deployment(self, obj):
+    def deployment(self, obj: VerificationRun) -> str:
         return obj.job.deployment.slug
 
     @admin.display(description=_("status"), ordering="status")
-    def status_badge(self, obj):
+    def status_badge(self, obj: VerificationRun) -> SafeString:
         return status_badge(obj.status, obj.get_status_display())
 
     @admin.display(description=_("failed checks"))
-    def failed_checks(self, obj):
+    def failed_checks(self, obj: VerificationRun) -> int | None:
         return getattr(obj, "n_failed", None)
 
     @admin.display(description=_("checks"))
-    def checks_table(self, obj):
+    def checks_table(self, obj: VerificationRun) -> SafeString:
         return render_to_string(
             "admin/routes/verification/check_table.html",
             {"results": list(obj.results.all()), "run": obj},
         )
-
-    def has_module_permission(self, request):
-        return has_any_membership(request.user)
-
-    def has_view_permission(self, request, obj=None):
-        if obj is None:
-            return has_any_membership(request.user)
-        return can(request.user, Action.VIEW, obj.job.deployment.team_id)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        # History is pruned by `manage.py prune_runs`, not by hand.
-        return False
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -321,11 +297,11 @@ class VerificationRunAdmin(admin.ModelAdmin):
 
 class VerificationJobForm(forms.ModelForm):
     # Set per request by the job admin: whose role rules apply to the base URL.
-    user = None
+    user: Any = None
     enabled_checks = forms.MultipleChoiceField(
         label=_("enabled checks"),
         required=False,
-        choices=[(c.id, f"{c.id}: {c.label}") for c in verify.CHECKS.values()],
+        choices=[(c.id, f"{c.id}: {c.label}") for c in CHECKS.values()],
         widget=forms.CheckboxSelectMultiple,
         help_text=_("None ticked: every check that applies to the deployment runs."),
     )
@@ -341,13 +317,13 @@ class VerificationJobForm(forms.ModelForm):
             "interval_minutes",
         )
 
-    def clean_timeout_seconds(self):
+    def clean_timeout_seconds(self) -> float:
         value = self.cleaned_data["timeout_seconds"]
         if value is None or not 0.5 <= value <= 120:
             raise ValidationError(_("Give 0.5 to 120 seconds."), code="invalid")
         return value
 
-    def clean_interval_minutes(self):
+    def clean_interval_minutes(self) -> int | None:
         value = self.cleaned_data["interval_minutes"]
         if value is not None and not 1 <= value <= 10080:
             raise ValidationError(
@@ -356,23 +332,24 @@ class VerificationJobForm(forms.ModelForm):
             )
         return value
 
-    def clean_enabled_checks(self):
-        # Stored in the registry's order, so the field compares equal whatever the tick order.
+    def clean_enabled_checks(self) -> list[str]:
+        # Stored in the check table's order, so the field compares equal whatever the tick order.
         chosen = set(self.cleaned_data["enabled_checks"])
-        return [c for c in verify.CHECKS if c in chosen]
+        return [c for c in CHECKS if c in chosen]
 
-    def _post_clean(self):
-        super()._post_clean()
+    def _post_clean(self) -> None:
+        super()._post_clean()  # type: ignore[misc]  # BaseModelForm's hook, missing in the stubs
         # After the model's own validation, so a malformed URL is refused for what it is first.
         cleaned = getattr(self, "cleaned_data", {})
         deployment = cleaned.get("deployment") or getattr(self.instance, "deployment", None)
         if deployment is None or "base_url" in self.errors or "base_url" not in self.fields:
             return
-        stored = (
+        row = (
             VerificationJob.objects.filter(pk=self.instance.pk).values("base_url").first()
             if self.instance.pk
             else None
         )
+        stored = {"base_url": row["base_url"]} if row is not None else None
         refused = destinations.refused_fields(
             user=self.user,
             team_ids=[deployment.team_id],
@@ -389,7 +366,7 @@ class VerificationJobForm(forms.ModelForm):
 
 
 @admin.register(VerificationJob)
-class VerificationJobAdmin(admin.ModelAdmin):
+class VerificationJobAdmin(ScopedAdmin):
     form = VerificationJobForm
     list_display = (
         "deployment",
@@ -402,23 +379,24 @@ class VerificationJobAdmin(admin.ModelAdmin):
     search_fields = ("deployment__slug", "deployment__name")
     readonly_fields = ("last_enqueued_at",)
     actions = None
+    missing_message = _("No such job in your teams.")
+    team_path = "deployment__team"
+    roles = viewed_and_managed(Action.EDIT)
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[VerificationJob]:
         return VerificationJob.objects.filter(
             deployment__in=Deployment.objects.visible_to(request.user)
         ).select_related("deployment")
 
-    def get_object(self, request, object_id, from_field=None):
-        obj = super().get_object(request, object_id, from_field)
-        if obj is None:
-            raise Http404(_("No such job in your teams."))
-        return obj
-
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: VerificationJob | None = None
+    ) -> tuple[str, ...]:
         # The deployment of an existing job never changes (one job per deployment).
         return ("deployment", "last_enqueued_at") if obj else ("last_enqueued_at",)
 
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+    def formfield_for_foreignkey(
+        self, db_field: Any, request: HttpRequest, **kwargs: Any
+    ) -> forms.ModelChoiceField[Any] | None:
         if db_field.name == "deployment":
             kwargs["queryset"] = Deployment.objects.filter(
                 team__in=teams_where(request.user, Action.EDIT), verification_job__isnull=True
@@ -426,62 +404,30 @@ class VerificationJobAdmin(admin.ModelAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description=_("base URL used"))
-    def effective_base_url(self, obj):
+    def effective_base_url(self, obj: VerificationJob) -> str:
         return obj.effective_base_url
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change=change, **kwargs)
-        # A fresh class per request: the user whose role decides where keys may go.
-        form.user = request.user
-        return form
-
-    def save_model(self, request, obj, form, change):
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: VerificationJob,
+        form: forms.ModelForm[VerificationJob],
+        change: bool,
+    ) -> None:
         stored = VerificationJob.objects.filter(pk=obj.pk).first() if change and obj.pk else None
         before = audit.snapshot(stored) if stored is not None else {}
         origins_before = destinations.key_origins(obj.deployment, job=stored)
         obj.save()
         audit.record(
             action="verification_job.change" if change else "verification_job.create",
-            actor=request.user,
             team=obj.deployment.team_id,
             obj=obj,
             changes=audit.field_diff(before, audit.snapshot(obj)),
-            ip=audit.client_ip(request),
         )
-        pending = destinations.confirm_own_change(
-            deployment=obj.deployment,
-            before=origins_before,
-            actor=request.user,
-            ip=audit.client_ip(request),
-        )
+        pending = destinations.confirm_own_change(deployment=obj.deployment, before=origins_before)
         if pending:
             self.message_user(request, destinations.pending_message(pending), messages.WARNING)
 
-    def delete_model(self, request, obj):
-        audit.record(
-            action="verification_job.delete",
-            actor=request.user,
-            team=obj.deployment.team_id,
-            obj=obj,
-            ip=audit.client_ip(request),
-        )
+    def delete_model(self, request: HttpRequest, obj: VerificationJob) -> None:
+        audit.record(action="verification_job.delete", team=obj.deployment.team_id, obj=obj)
         obj.delete()
-
-    def has_module_permission(self, request):
-        return has_any_membership(request.user)
-
-    def has_view_permission(self, request, obj=None):
-        if obj is None:
-            return has_any_membership(request.user)
-        return can(request.user, Action.VIEW, obj.deployment.team_id)
-
-    def has_add_permission(self, request):
-        return teams_where(request.user, Action.EDIT).exists()
-
-    def has_change_permission(self, request, obj=None):
-        if obj is None:
-            return teams_where(request.user, Action.EDIT).exists()
-        return can(request.user, Action.EDIT, obj.deployment.team_id)
-
-    def has_delete_permission(self, request, obj=None):
-        return self.has_change_permission(request, obj)

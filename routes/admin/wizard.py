@@ -9,31 +9,54 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.http import HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
-from routes import audit, destinations
 from routes import keys as keyring
-from routes.actions import save_deployment, set_key
-from routes.admin import registry
 from routes.admin.dashboard import optional_url
-from routes.models import DOCKER_PRESET, HOST_PRESET, Deployment, Key
+from routes.admin.options import DeploymentPages, visible_deployment
+from routes.models import (
+    DEPLOYMENT_FIELDS,
+    DOCKER_PRESET,
+    PRESETS,
+    UPSTREAM_FIELDS,
+    Deployment,
+    Key,
+)
 from routes.nginx.render import COMMON_FILENAME, render_common, render_site, site_filename
 from routes.permissions import Action, can, require, teams_where
+from routes.verification import destinations
+from routes.workflows.deployments import save_deployment
+from routes.workflows.keys import set_key
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+    from routes.permissions import AnyUser
 
 SESSION_KEY = "console_wizard"
-PRESETS = {"docker": DOCKER_PRESET, "host": HOST_PRESET}
-UPSTREAM_FIELDS = ("cpa_upstream", "cpamp_upstream", "cpamp_cpa_url")
+# Left to their defaults by the wizard, to be tuned later on the deployment's page.
+TUNING_FIELDS = (
+    "http2",
+    "resolver",
+    "client_max_body_size",
+    "proxy_read_timeout",
+    "proxy_send_timeout",
+    "route_tracing",
+    "cpa_version",
+    "notes",
+)
 CPA_SNIPPET = (
     'remote-management:\n  secret-key: "<your CPA Management Key>"\n  allow-remote: true\n'
 )
@@ -55,30 +78,15 @@ class DeploymentStepForm(forms.ModelForm):
 
     class Meta:
         model = Deployment
-        fields = [
-            "team",
-            "name",
-            "slug",
-            "mode",
-            "server_name",
-            "tls",
-            "ssl_certificate",
-            "ssl_certificate_key",
-            "cpa_upstream",
-            "cpamp_upstream",
-            "cpamp_cpa_url",
-            "listen_address",
-            "http_port",
-            "https_port",
-            "verification_base_url",
-        ]
+        fields = [name for name in DEPLOYMENT_FIELDS if name not in TUNING_FIELDS]
         widgets = {"mode": forms.RadioSelect}
 
-    def __init__(self, *args, user, **kwargs) -> None:
+    def __init__(self, *args: Any, user: AnyUser, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["team"].queryset = teams_where(user, Action.CREATE).order_by("name")
-        self.fields["team"].empty_label = None
+        team = cast(forms.ModelChoiceField, self.fields["team"])
+        team.queryset = teams_where(user, Action.CREATE).order_by("name")
+        team.empty_label = None
         self.fields["server_name"].label = _("Domain")
         self.fields["tls"].widget.attrs["data-toggles"] = "#wizard-certificates"
         for name in ("ssl_certificate", "ssl_certificate_key"):
@@ -94,8 +102,9 @@ class DeploymentStepForm(forms.ModelForm):
             "(that makes a loop CPAMP -> Nginx -> CPAMP/CPA)."
         )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         preset = PRESETS.get(data.get("topology") or "")
         if preset is not None:
             # The chosen preset wins over whatever the upstream fields held.
@@ -112,7 +121,7 @@ class DeploymentStepForm(forms.ModelForm):
         return data
 
     def _post_clean(self) -> None:
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # BaseModelForm's hook, missing in the stubs
         # After the model's own validation, so a malformed URL is refused for what it is first.
         data = getattr(self, "cleaned_data", {})
         team = data.get("team")
@@ -133,7 +142,7 @@ class DeploymentStepForm(forms.ModelForm):
                 )
 
 
-def _secret_field(label, help_text) -> forms.CharField:
+def _secret_field(label: StrOrPromise, help_text: StrOrPromise) -> forms.CharField:
     """Return a write-only key input: never rendered back, blank keeps what is stored."""
     return forms.CharField(
         label=label,
@@ -175,16 +184,19 @@ class KeysStepForm(forms.Form):
 
     ROLES = (keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT, keyring.CPA_API)
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         reuse = keyring.ReuseTracker()
         for role in self.ROLES:
             secret = data.get(role) or ""
             if not secret:
                 continue
             custom = bool(data.get("custom_format")) and role == keyring.CPAMP_ADMIN
-            refusals = keyring.check_shape(role, secret, custom_format=custom)
-            refusals.append(reuse.refusal(role, secret))
+            refusals: list[keyring.Refusal | None] = [
+                *keyring.check_shape(role, secret, custom_format=custom),
+                reuse.refusal(role, secret),
+            ]
             for refusal in filter(None, refusals):
                 self.add_error(role, ValidationError(refusal.message, code=refusal.code))
         return data
@@ -203,7 +215,7 @@ class Step:
     """One entry of the wizard's step indicator."""
 
     number: int
-    label: str
+    label: StrOrPromise
     state: str  # "done", "current" or "todo"
 
 
@@ -215,12 +227,12 @@ def _steps(current: int) -> list[Step]:
     ]
 
 
-def _remember(request, deployment: Deployment, step: int) -> None:
+def _remember(request: HttpRequest, deployment: Deployment, step: int) -> None:
     # Only ids and step numbers: a secret never enters the session.
     request.session[SESSION_KEY] = {"deployment": deployment.pk, "step": step}
 
 
-def _resumable(request) -> tuple[Deployment, int] | None:
+def _resumable(request: HttpRequest) -> tuple[Deployment, int] | None:
     state = request.session.get(SESSION_KEY)
     if not isinstance(state, dict):
         return None
@@ -240,145 +252,7 @@ def _step_url(deployment: Deployment, step: int) -> str:
     return reverse(STEP_URLS.get(step, STEP_URLS[2]), args=[deployment.pk])
 
 
-def _visible_deployment(request, pk: int) -> Deployment:
-    deployment = get_object_or_404(
-        Deployment.objects.visible_to(request.user).select_related("team"), pk=pk
-    )
-    require(request.user, Action.VIEW, deployment.team_id)
-    return deployment
-
-
-def _context(model_admin, request, *, title: str, step: int, **extra) -> dict:
-    return {
-        **model_admin.admin_site.each_context(request),
-        "opts": Deployment._meta,
-        "title": title,
-        "steps": _steps(step),
-        "step": step,
-        **extra,
-    }
-
-
-def wizard_start_view(model_admin, request):
-    """Step 1: create the deployment, or offer to resume an unfinished one."""
-    if not teams_where(request.user, Action.CREATE).exists():
-        team_add_url = optional_url("admin:routes_team_add")
-        if request.user.has_perm("routes.add_team") and team_add_url:
-            messages.info(request, gettext("Deployments belong to a team: create a team first."))
-            return HttpResponseRedirect(team_add_url)
-        raise PermissionDenied
-    if request.method == "POST":
-        form = DeploymentStepForm(request.POST, user=request.user)
-        if form.is_valid():
-            deployment = form.save(commit=False)
-            require(request.user, Action.CREATE, deployment.team_id)
-            try:
-                save_deployment(
-                    deployment=deployment, actor=request.user, ip=audit.client_ip(request)
-                )
-            except ValidationError as exc:
-                form.add_error(None, exc)
-            else:
-                pending = destinations.confirm_own_change(
-                    deployment=deployment,
-                    before=[],
-                    actor=request.user,
-                    ip=audit.client_ip(request),
-                    how="create",
-                )
-                if pending:
-                    messages.warning(request, destinations.pending_message(pending))
-                _remember(request, deployment, 2)
-                messages.success(
-                    request,
-                    gettext("Deployment %(name)s created. Now add its keys.")
-                    % {"name": deployment},
-                )
-                return HttpResponseRedirect(_step_url(deployment, 2))
-    else:
-        initial = {"topology": "docker", **DOCKER_PRESET}
-        team = request.GET.get("team")
-        if team and team.isdigit():
-            initial["team"] = int(team)
-        form = DeploymentStepForm(initial=initial, user=request.user)
-    resume = _resumable(request)
-    context = _context(
-        model_admin,
-        request,
-        title=_("New deployment"),
-        step=1,
-        form=form,
-        presets_json=json.dumps({name: dict(values) for name, values in PRESETS.items()}),
-        resume_deployment=resume[0] if resume else None,
-        resume_url=_step_url(*resume) if resume else "",
-        modes=Deployment.Mode,
-    )
-    return TemplateResponse(request, "admin/routes/wizard/deployment.html", context)
-
-
-def wizard_keys_view(model_admin, request, pk: int):
-    """Step 2: store the three keys (owners only); each refused key names the broken rule."""
-    deployment = _visible_deployment(request, pk)
-    may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
-    if request.method == "POST":
-        if not may_manage:
-            raise PermissionDenied
-        form = KeysStepForm(request.POST)
-        if form.is_valid():
-            try:
-                with transaction.atomic():
-                    _store_keys(request, deployment, form)
-            except _Refused:
-                pass
-            else:
-                _remember(request, deployment, 3)
-                stored = len(form.secrets())
-                if stored:
-                    messages.success(
-                        request,
-                        ngettext(
-                            "%(count)d key stored encrypted.",
-                            "%(count)d keys stored encrypted.",
-                            stored,
-                        )
-                        % {"count": stored},
-                    )
-                return HttpResponseRedirect(_step_url(deployment, 3))
-    else:
-        form = KeysStepForm()
-    stored: dict[str, list[Key]] = {role: [] for role in KeysStepForm.ROLES}
-    for key in deployment.keys.order_by("role", "id"):
-        stored.setdefault(key.role, []).append(key)
-    purposes = {
-        keyring.CPAMP_ADMIN: (_("Panel login"), form["custom_format"]),
-        keyring.CPA_MANAGEMENT: (_("CPA connection"), None),
-        keyring.CPA_API: (_("Normal API request"), form["api_label"]),
-    }
-    context = _context(
-        model_admin,
-        request,
-        title=_("Keys of %(name)s") % {"name": deployment.name},
-        step=2,
-        deployment=deployment,
-        form=form,
-        may_manage=may_manage,
-        roles=[
-            {
-                "role": role,
-                "purpose": purposes[role][0],
-                "field": form[role],
-                "extra": purposes[role][1],
-                "stored": stored[role],
-            }
-            for role in KeysStepForm.ROLES
-        ],
-        finish_url=_step_url(deployment, 3),
-        change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
-    )
-    return TemplateResponse(request, "admin/routes/wizard/keys.html", context)
-
-
-def _store_keys(request, deployment: Deployment, form: KeysStepForm) -> None:
+def _store_keys(deployment: Deployment, form: KeysStepForm) -> None:
     refused = False
     for role, secret in form.secrets():
         try:
@@ -388,8 +262,6 @@ def _store_keys(request, deployment: Deployment, form: KeysStepForm) -> None:
                 secret=secret,
                 label=form.cleaned_data["api_label"] if role == keyring.CPA_API else "",
                 custom_format=role == keyring.CPAMP_ADMIN and form.cleaned_data["custom_format"],
-                actor=request.user,
-                ip=audit.client_ip(request),
                 reason="wizard",
             )
         except ValidationError as exc:
@@ -399,73 +271,191 @@ def _store_keys(request, deployment: Deployment, form: KeysStepForm) -> None:
         raise _Refused
 
 
-def wizard_finish_view(model_admin, request, pk: int):
-    """Step 3: the rendered config, the CPAMP first-setup values (masked) and the CPA snippet."""
-    deployment = _visible_deployment(request, pk)
-    state = request.session.get(SESSION_KEY)
-    if isinstance(state, dict) and state.get("deployment") == deployment.pk:
-        # The flow is complete: nothing left to resume.
-        request.session.pop(SESSION_KEY, None)
-    keys = {key.role: key for key in deployment.keys.filter(role__in=Key.SINGLE_ROLES)}
-    api_keys = deployment.keys.filter(role=keyring.CPA_API).count()
-    may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
-    may_export = can(request.user, Action.EXPORT, deployment.team_id)
-    may_verify = can(request.user, Action.VERIFY, deployment.team_id)
-    context = _context(
-        model_admin,
-        request,
-        title=_("Config and first setup of %(name)s") % {"name": deployment.name},
-        step=3,
-        deployment=deployment,
-        site_config=render_site(deployment),
-        site_filename=site_filename(deployment),
-        common_config=render_common([deployment.server_name]),
-        common_filename=COMMON_FILENAME,
-        cpa_snippet=CPA_SNIPPET,
-        admin_key=keys.get(keyring.CPAMP_ADMIN),
-        management_key=keys.get(keyring.CPA_MANAGEMENT),
-        api_key_count=api_keys,
-        panel_url=f"{deployment.base_url}/management.html",
-        reveal_url=(
-            optional_url("admin:routes_deployment_first_setup", deployment.pk) if may_manage else ""
-        ),
-        download_url=(
-            optional_url("admin:routes_deployment_config_download", deployment.pk)
-            if may_export
-            else ""
-        ),
-        config_url=optional_url("admin:routes_deployment_config", deployment.pk),
-        verify_url=(
-            optional_url("admin:routes_deployment_verify", deployment.pk) if may_verify else ""
-        ),
-        keys_url=_step_url(deployment, 2),
-        change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
-        manager_server=deployment.mode == Deployment.Mode.MANAGER_SERVER,
-    )
-    return TemplateResponse(request, "admin/routes/wizard/finish.html", context)
+class WizardPages(DeploymentPages):
+    """The deployment admin's guided "New deployment" pages."""
 
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("wizard/", wrap(self.wizard_start_view), name="routes_deployment_wizard"),
+            path(
+                "wizard/<int:pk>/keys/",
+                wrap(self.wizard_keys_view),
+                name="routes_deployment_wizard_keys",
+            ),
+            path(
+                "wizard/<int:pk>/finish/",
+                wrap(self.wizard_finish_view),
+                name="routes_deployment_wizard_finish",
+            ),
+            *super().get_urls(),
+        ]
 
-def wizard_urls(model_admin) -> list:
-    """Return the wizard's URL patterns for the deployment admin."""
-    site = model_admin.admin_site
+    def _wizard_context(
+        self, request: HttpRequest, *, title: StrOrPromise, step: int, **extra: Any
+    ) -> dict[str, Any]:
+        deployment = extra.pop("deployment", None)
+        return self.page_context(
+            request, deployment, title=title, steps=_steps(step), step=step, **extra
+        )
 
-    def wrap(view):
-        # Every POST here may carry a key: keep POST data out of Django's error reports.
-        @sensitive_post_parameters()
-        def bound(request, *args, **kwargs):
-            return view(model_admin, request, *args, **kwargs)
+    # Every POST here may carry a key: keep POST data out of Django's error reports.
+    @method_decorator(sensitive_post_parameters())
+    def wizard_start_view(self, request: HttpRequest) -> HttpResponse:
+        """Step 1: create the deployment, or offer to resume an unfinished one."""
+        if not teams_where(request.user, Action.CREATE).exists():
+            team_add_url = optional_url("admin:routes_team_add")
+            if request.user.has_perm("routes.add_team") and team_add_url:
+                messages.info(
+                    request, gettext("Deployments belong to a team: create a team first.")
+                )
+                return HttpResponseRedirect(team_add_url)
+            raise PermissionDenied
+        if request.method == "POST":
+            form = DeploymentStepForm(request.POST, user=request.user)
+            if form.is_valid():
+                deployment = form.save(commit=False)
+                require(request.user, Action.CREATE, deployment.team_id)
+                try:
+                    save_deployment(deployment=deployment)
+                except ValidationError as exc:
+                    form.add_error(None, exc)
+                else:
+                    pending = destinations.confirm_own_change(
+                        deployment=deployment, before=[], how="create"
+                    )
+                    if pending:
+                        messages.warning(request, destinations.pending_message(pending))
+                    _remember(request, deployment, 2)
+                    messages.success(
+                        request,
+                        gettext("Deployment %(name)s created. Now add its keys.")
+                        % {"name": deployment},
+                    )
+                    return HttpResponseRedirect(_step_url(deployment, 2))
+        else:
+            initial: dict[str, Any] = {"topology": "docker", **DOCKER_PRESET}
+            team = request.GET.get("team")
+            if team and team.isdigit():
+                initial["team"] = int(team)
+            form = DeploymentStepForm(initial=initial, user=request.user)
+        resume = _resumable(request)
+        context = self._wizard_context(
+            request,
+            title=_("New deployment"),
+            step=1,
+            form=form,
+            presets_json=json.dumps({name: dict(values) for name, values in PRESETS.items()}),
+            resume_deployment=resume[0] if resume else None,
+            resume_url=_step_url(*resume) if resume else "",
+            modes=Deployment.Mode,
+        )
+        return TemplateResponse(request, "admin/routes/wizard/deployment.html", context)
 
-        return site.admin_view(bound)
+    @method_decorator(sensitive_post_parameters())
+    def wizard_keys_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Step 2: store the three keys (owners only); each refused key names the broken rule."""
+        deployment = visible_deployment(request, pk)
+        may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
+        if request.method == "POST":
+            if not may_manage:
+                raise PermissionDenied
+            form = KeysStepForm(request.POST)
+            if form.is_valid():
+                try:
+                    with transaction.atomic():
+                        _store_keys(deployment, form)
+                except _Refused:
+                    pass
+                else:
+                    _remember(request, deployment, 3)
+                    count = len(form.secrets())
+                    if count:
+                        messages.success(
+                            request,
+                            ngettext(
+                                "%(count)d key stored encrypted.",
+                                "%(count)d keys stored encrypted.",
+                                count,
+                            )
+                            % {"count": count},
+                        )
+                    return HttpResponseRedirect(_step_url(deployment, 3))
+        else:
+            form = KeysStepForm()
+        stored: dict[str, list[Key]] = {role: [] for role in KeysStepForm.ROLES}
+        for key in deployment.keys.order_by("role", "id"):
+            stored.setdefault(key.role, []).append(key)
+        purposes = {
+            keyring.CPAMP_ADMIN: (_("Panel login"), form["custom_format"]),
+            keyring.CPA_MANAGEMENT: (_("CPA connection"), None),
+            keyring.CPA_API: (_("Normal API request"), form["api_label"]),
+        }
+        context = self._wizard_context(
+            request,
+            title=_("Keys of %(name)s") % {"name": deployment.name},
+            step=2,
+            deployment=deployment,
+            form=form,
+            may_manage=may_manage,
+            roles=[
+                {
+                    "role": role,
+                    "purpose": purposes[role][0],
+                    "field": form[role],
+                    "extra": purposes[role][1],
+                    "stored": stored[role],
+                }
+                for role in KeysStepForm.ROLES
+            ],
+            finish_url=_step_url(deployment, 3),
+            change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
+        )
+        return TemplateResponse(request, "admin/routes/wizard/keys.html", context)
 
-    return [
-        path("wizard/", wrap(wizard_start_view), name="routes_deployment_wizard"),
-        path("wizard/<int:pk>/keys/", wrap(wizard_keys_view), name="routes_deployment_wizard_keys"),
-        path(
-            "wizard/<int:pk>/finish/",
-            wrap(wizard_finish_view),
-            name="routes_deployment_wizard_finish",
-        ),
-    ]
-
-
-registry.deployment_urls.append(wizard_urls)
+    @method_decorator(sensitive_post_parameters())
+    def wizard_finish_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Step 3: the rendered config, the first-setup values (masked) and the CPA snippet."""
+        deployment = visible_deployment(request, pk)
+        state = request.session.get(SESSION_KEY)
+        if isinstance(state, dict) and state.get("deployment") == deployment.pk:
+            # The flow is complete: nothing left to resume.
+            request.session.pop(SESSION_KEY, None)
+        keys = {key.role: key for key in deployment.keys.filter(role__in=Key.SINGLE_ROLES)}
+        api_keys = deployment.keys.filter(role=keyring.CPA_API).count()
+        may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
+        may_export = can(request.user, Action.EXPORT, deployment.team_id)
+        may_verify = can(request.user, Action.VERIFY, deployment.team_id)
+        context = self._wizard_context(
+            request,
+            title=_("Config and first setup of %(name)s") % {"name": deployment.name},
+            step=3,
+            deployment=deployment,
+            site_config=render_site(deployment),
+            site_filename=site_filename(deployment),
+            common_config=render_common([deployment.server_name]),
+            common_filename=COMMON_FILENAME,
+            cpa_snippet=CPA_SNIPPET,
+            admin_key=keys.get(keyring.CPAMP_ADMIN),
+            management_key=keys.get(keyring.CPA_MANAGEMENT),
+            api_key_count=api_keys,
+            panel_url=f"{deployment.base_url}/management.html",
+            reveal_url=(
+                optional_url("admin:routes_deployment_first_setup", deployment.pk)
+                if may_manage
+                else ""
+            ),
+            download_url=(
+                optional_url("admin:routes_deployment_config_download", deployment.pk)
+                if may_export
+                else ""
+            ),
+            config_url=optional_url("admin:routes_deployment_config", deployment.pk),
+            verify_url=(
+                optional_url("admin:routes_deployment_verify", deployment.pk) if may_verify else ""
+            ),
+            keys_url=_step_url(deployment, 2),
+            change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
+            manager_server=deployment.mode == Deployment.Mode.MANAGER_SERVER,
+        )
+        return TemplateResponse(request, "admin/routes/wizard/finish.html", context)

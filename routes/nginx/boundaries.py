@@ -8,9 +8,13 @@ exactly one place. Order is the seed's order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import gettext_noop
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 EXACT = "exact"
 PREFIX = "prefix"
@@ -37,8 +41,9 @@ class Route:
     # English, because it is also written into the config as a comment (the config must not
     # change with the viewer's language); pages show it through gettext.
     note: str = ""
-    # What breaks when this route is sent to the other upstream (shown by the lint).
-    consequence: str = ""
+    # What breaks when this route is sent to the other upstream (shown by the lint, translated
+    # when it is shown: lazy).
+    consequence: StrOrPromise = ""
     section: str = ""
 
 

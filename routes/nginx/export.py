@@ -31,6 +31,8 @@ from django.utils.translation import gettext as _
 
 from routes import audit
 from routes import validators as v
+from routes.context import current_actor
+from routes.files import TEMP_NAME, atomic_write, fsync_dir, replace_all
 from routes.models import ConfigExport, Deployment
 from routes.nginx import lint as linter
 from routes.nginx.render import (
@@ -58,8 +60,6 @@ _LISTEN_LINE = re.compile(
 # nginx -t binds every listen socket and ignores only "address in use": unprivileged ports and
 # loopback addresses keep the check independent of the console host's interfaces and user.
 _CHECK_PORT_BASE = 20000
-# _temp_file's names: mkstemp's "." + target + "." + 8 random [a-z0-9_] + ".tmp".
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class ExportError(Exception):
@@ -89,7 +89,7 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def compose_filename(deployment) -> str:
+def compose_filename(deployment: Deployment) -> str:
     """Return the file name of the deployment's docker-compose file."""
     return f"{COMPOSE_PREFIX}{deployment.slug}.yml"
 
@@ -132,7 +132,7 @@ def _service(lines: list[str], address: str, *, image: str, volumes: list[str]) 
     return host
 
 
-def _cert_mounts(deployment) -> list[str]:
+def _cert_mounts(deployment: Deployment) -> list[str]:
     mounts: list[str] = []
     for path in (deployment.ssl_certificate, deployment.ssl_certificate_key):
         if path.startswith("/etc/nginx/ssl/"):
@@ -148,7 +148,7 @@ def _cert_mounts(deployment) -> list[str]:
     return mounts
 
 
-def render_compose(deployment) -> str:
+def render_compose(deployment: Deployment) -> str:
     """Return the seed's docker-compose.yml for the deployment (Docker or host topology)."""
     lines = [
         f"# CPA gateway console: docker-compose file of deployment {deployment.slug}, after the",
@@ -389,44 +389,6 @@ def check_files(files: dict[str, str]) -> NginxCheck:
 # --- writing --------------------------------------------------------------------------------
 
 
-def _temp_file(path: Path, text: str) -> str:
-    # The temp name ends in .tmp so that an nginx reload never includes a half-written file.
-    # Its shape is _TEMP_NAME: the next export removes what a killed one left behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _replace_all(changes: dict[Path, str]) -> None:
-    """Replace every file atomically: all temp files are on disk before the first rename."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, text in changes.items():
-            staged.append((_temp_file(path, text), path))
-        if staged:
-            # One sync for the whole batch: an fsync per file costs more than rendering it.
-            os.sync()
-        while staged:
-            tmp, path = staged[0]
-            os.replace(tmp, path)
-            staged.pop(0)
-    finally:
-        for tmp, _path in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    _replace_all({path: text})
-
-
 def read_regular_text(path: Path) -> str | None:
     """Return the text of path when it is a regular file (bad UTF-8 replaced), else None.
 
@@ -452,15 +414,15 @@ def read_regular_text(path: Path) -> str | None:
 def remove_leftovers(directory: Path, owned: Iterable[str]) -> list[str]:
     """Remove temporary files a killed export left in directory; return their names.
 
-    Only names of _temp_file's shape whose target is a file the console owns (or its manifest)
-    are touched: anything else in the directory belongs to someone else.
+    Only names of the shape routes.files gives temp files, whose target is a file the console
+    owns (or its manifest), are touched: anything else in the directory belongs to someone else.
     """
     targets = {*owned, MANIFEST}
     removed = []
     with os.scandir(directory) as entries:
         names = sorted(entry.name for entry in entries)
     for name in names:
-        match = _TEMP_NAME.match(name)
+        match = TEMP_NAME.match(name)
         if match is None or match.group("target") not in targets:
             continue
         try:
@@ -469,14 +431,6 @@ def remove_leftovers(directory: Path, owned: Iterable[str]) -> list[str]:
             continue
         removed.append(name)
     return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -529,7 +483,7 @@ def read_manifest(directory: Path) -> dict[str, dict]:
 
 def _write_manifest(directory: Path, files: dict[str, dict]) -> None:
     text = json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=2) + "\n"
-    _atomic_write(directory / MANIFEST, text)
+    atomic_write(directory / MANIFEST, text)
 
 
 def cross_warnings(deployments: list[Deployment]) -> list[tuple[str, linter.LintWarning]]:
@@ -595,12 +549,9 @@ def export_warnings(deployments: list[Deployment]) -> list[tuple[str, linter.Lin
     return found + cross_warnings(deployments)
 
 
-def record_exports(
-    *, texts: list[tuple[Deployment, str]], actor=None, source: str, ip: str | None = None
-) -> list[ConfigExport]:
+def record_exports(*, texts: list[tuple[Deployment, str]], source: str) -> list[ConfigExport]:
     """Store one ConfigExport per deployment and one "config.export" audit event per team."""
-    if actor is not None and not getattr(actor, "is_authenticated", False):
-        actor = None
+    actor = current_actor()
     rows = ConfigExport.objects.bulk_create(
         [
             ConfigExport(
@@ -618,12 +569,10 @@ def record_exports(
             changes["content_hash"] = items[0][1]
         audit.record(
             action="config.export",
-            actor=actor,
             team=team_id,
             obj=items[0][0] if len(items) == 1 else None,
             object_repr="" if len(items) == 1 else _("%(n)d deployments") % {"n": len(items)},
             changes=changes,
-            ip=ip,
         )
     return rows
 
@@ -634,11 +583,9 @@ def write_export(
     output_dir: Path,
     check: bool = False,
     compose: bool = False,
-    actor=None,
     source: str = "command",
     prune: bool = False,
     prune_team: str | None = None,
-    ip: str | None = None,
 ) -> ExportResult:
     """Write the deployments' configs into output_dir atomically and record the export.
 
@@ -743,7 +690,7 @@ def write_export(
             else:
                 changes[path] = text
                 result.written.append(name)
-        _replace_all(changes)
+        replace_all(changes)
         for name in stale:
             with contextlib.suppress(FileNotFoundError):
                 (directory / name).unlink()
@@ -753,18 +700,15 @@ def write_export(
         )
         # After the writes: a refused export changes nothing, leftovers included.
         result.leftovers = remove_leftovers(directory, {*owned, *entries})
-        _fsync_dir(directory)
+        fsync_dir(directory)
     result.exports = record_exports(
-        texts=[(d, sites[site_filename(d)]) for d in deployments],
-        actor=actor,
-        source=source,
-        ip=ip,
+        texts=[(d, sites[site_filename(d)]) for d in deployments], source=source
     )
     return result
 
 
 def build_archive(
-    *, deployments: Iterable[Deployment], actor=None, source: str = "archive", ip=None
+    *, deployments: Iterable[Deployment], source: str = "archive"
 ) -> tuple[bytes, list[ConfigExport]]:
     """Return a tar.gz of the shared file and the site files, and record the export."""
     deployments = prepared(deployments)
@@ -779,7 +723,5 @@ def build_archive(
             info.mtime = mtime
             info.mode = 0o644
             archive.addfile(info, io.BytesIO(data))
-    rows = record_exports(
-        texts=[(d, files[site_filename(d)]) for d in deployments], actor=actor, source=source, ip=ip
-    )
+    rows = record_exports(texts=[(d, files[site_filename(d)]) for d in deployments], source=source)
     return buffer.getvalue(), rows

@@ -19,9 +19,10 @@ from functools import lru_cache
 from django.utils.translation import gettext as _
 
 from routes import validators as v
+from routes.models import Deployment, RouteOverride
 from routes.nginx import boundaries as b
 from routes.nginx.regexes import RegexTimeout
-from routes.nginx.render import Location, effective_locations, enabled_overrides
+from routes.nginx.render import Location, chosen_overrides, effective_locations
 from routes.nginx.simulate import Router, Simulation
 
 _REGEX_META = re.compile(r"[.^$*+?()\[\]{}|\\]")
@@ -41,9 +42,6 @@ class LintWarning:
         return f"{self.message} [{self.code}]"
 
 
-Warning = LintWarning  # the name other modules use (routes.nginx.lint.Warning)
-
-
 def _label(match: str, path: str) -> str:
     return f"{b.MODIFIERS[match]} {path}"
 
@@ -52,12 +50,11 @@ def _loc_label(location: Location) -> str:
     return f"location {location.display}"
 
 
-def lint(deployment, overrides: Sequence | None = None) -> list[LintWarning]:
+def lint(
+    deployment: Deployment, overrides: Sequence[RouteOverride] | None = None
+) -> list[LintWarning]:
     """Return the warnings for the deployment and its enabled overrides, in a stable order."""
-    if overrides is None:
-        overrides = enabled_overrides(deployment)
-    else:
-        overrides = [o for o in overrides if o.enabled]
+    overrides = chosen_overrides(deployment, overrides)
     router = Router(effective_locations(deployment, overrides))
     warnings: list[LintWarning] = []
     warnings += _boundaries(deployment, overrides, router)
@@ -71,7 +68,7 @@ def lint(deployment, overrides: Sequence | None = None) -> list[LintWarning]:
     return warnings
 
 
-def _samples(overrides) -> list[str]:
+def _samples(overrides: Sequence[RouteOverride]) -> list[str]:
     """Return request paths worth checking: the seed's own samples, then each override's."""
     samples: list[str] = []
     for route in b.BUILTIN_ROUTES:
@@ -89,7 +86,7 @@ def _samples(overrides) -> list[str]:
     return list(dict.fromkeys(samples))
 
 
-def _may_touch(overrides, sample: str, router: Router) -> bool:
+def _may_touch(overrides: Sequence[RouteOverride], sample: str, router: Router) -> bool:
     """Return whether some override can change where nginx sends sample (a normalised path)."""
     for override in overrides:
         path = override.path
@@ -118,16 +115,10 @@ def _owner(location: Location | None) -> b.Route | None:
     return b.BUILTIN_BY_KEY.get((location.match, location.path))
 
 
-class _Mode:
-    """Just enough of a deployment for effective_locations() of the override-free seed."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-
-
 @lru_cache(maxsize=4)
 def _baseline_router(mode: str) -> Router:
-    return Router(effective_locations(_Mode(mode), []))
+    # An unsaved deployment: without overrides the locations depend on the mode alone.
+    return Router(effective_locations(Deployment(mode=mode), []))
 
 
 @lru_cache(maxsize=2048)
@@ -136,7 +127,9 @@ def _baseline(mode: str, sample: str) -> Simulation:
     return _baseline_router(mode).simulate(sample)
 
 
-def _boundaries(deployment, overrides, router: Router) -> list[LintWarning]:
+def _boundaries(
+    deployment: Deployment, overrides: Sequence[RouteOverride], router: Router
+) -> list[LintWarning]:
     found: list[LintWarning] = []
     seen: set[tuple[str, str, str]] = set()
     for sample in _samples(overrides):
@@ -192,7 +185,7 @@ def _boundaries(deployment, overrides, router: Router) -> list[LintWarning]:
     return found
 
 
-def _exact_without_prefix(overrides) -> list[LintWarning]:
+def _exact_without_prefix(overrides: Sequence[RouteOverride]) -> list[LintWarning]:
     found = []
     prefixes = {r.path for r in b.BUILTIN_ROUTES if r.match == b.PREFIX}
     for override in overrides:
@@ -215,7 +208,7 @@ def _exact_without_prefix(overrides) -> list[LintWarning]:
     return found
 
 
-def _unreachable_paths(overrides) -> list[LintWarning]:
+def _unreachable_paths(overrides: Sequence[RouteOverride]) -> list[LintWarning]:
     found = []
     for override in overrides:
         if override.match not in (b.EXACT, b.PREFIX):
@@ -316,7 +309,7 @@ def _slow_regexes(router: Router) -> list[LintWarning]:
     return found
 
 
-def _panel_mode(deployment, overrides) -> list[LintWarning]:
+def _panel_mode(deployment: Deployment, overrides: Sequence[RouteOverride]) -> list[LintWarning]:
     if deployment.mode != "cpa_panel":
         return []
     return [
@@ -334,7 +327,7 @@ def _panel_mode(deployment, overrides) -> list[LintWarning]:
     ]
 
 
-def _upstreams(deployment) -> list[LintWarning]:
+def _upstreams(deployment: Deployment) -> list[LintWarning]:
     found = []
     for field, target in (("cpa_upstream", b.CPA), ("cpamp_upstream", b.CPAMP)):
         value = getattr(deployment, field)
@@ -362,7 +355,7 @@ def _upstreams(deployment) -> list[LintWarning]:
     return found
 
 
-def _server_name(deployment) -> list[LintWarning]:
+def _server_name(deployment: Deployment) -> list[LintWarning]:
     if len(deployment.server_name or "") <= _BUCKET_SAFE_LENGTH:
         return []
     return [

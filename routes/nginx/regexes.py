@@ -10,16 +10,30 @@ many ways, which the validators refuse before such a pattern is ever stored.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-
-# re's own parser gives the pattern's structure (private, but stable since Python 3.11, where it
-# was renamed from sre_parse; the validators already compile with re, so the syntax is the same).
-from re import _constants as _sre
-from re import _parser as _sre_parse
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import regex
 from django.conf import settings
 from django.utils.translation import gettext
+
+# re's own parser gives the pattern's structure (private, but stable since Python 3.11, where it
+# was renamed from sre_parse; the validators already compile with re, so the syntax is the same).
+if TYPE_CHECKING:
+    # typeshed describes that module under its old names only; at run time those names are
+    # deprecated shims that warn on import.
+    import sre_constants as _sre
+    import sre_parse as _sre_parse
+else:
+    from re import _constants as _sre
+    from re import _parser as _sre_parse
+
+# One parsed item: an opcode and its argument. The argument's shape depends on the opcode (a
+# code point for LITERAL, (min, max, body) for a repeat, (group, add, remove, body) for a
+# group, ...), which no static type can follow, so it stays Any and each branch reads it as its
+# opcode defines.
+_Item: TypeAlias = tuple[int, Any]
 
 DEFAULT_TIMEOUT = 0.2
 # Groups and repeats nested deeper than this are refused: no location needs them, and the static
@@ -115,7 +129,7 @@ def _fold(chars: set[int]) -> set[int]:
     return folded
 
 
-def _class(op, av, fold: bool) -> set[int]:
+def _class(op: int, av: Any, fold: bool) -> set[int]:
     """Return the universe characters one single-character item matches."""
     if op == _sre.LITERAL:
         found = {av} & _UNIVERSE
@@ -140,7 +154,7 @@ def _class(op, av, fold: bool) -> set[int]:
     return _fold(found) if fold else found
 
 
-def _flags(av, fold: bool) -> bool:
+def _flags(av: Any, fold: bool) -> bool:
     add, remove = av[1], av[2]
     if add & _sre.SRE_FLAG_IGNORECASE:
         return True
@@ -149,7 +163,7 @@ def _flags(av, fold: bool) -> bool:
     return fold
 
 
-def _first(items, fold: bool) -> tuple[set[int], bool]:
+def _first(items: Sequence[_Item], fold: bool) -> tuple[set[int], bool]:
     """Return (characters a match of the sequence can start with, whether it can be empty)."""
     chars: set[int] = set()
     for op, av in items:
@@ -160,7 +174,7 @@ def _first(items, fold: bool) -> tuple[set[int], bool]:
     return chars, True
 
 
-def _first_item(op, av, fold: bool) -> tuple[set[int], bool]:
+def _first_item(op: int, av: Any, fold: bool) -> tuple[set[int], bool]:
     if op in (_sre.LITERAL, _sre.NOT_LITERAL, _sre.ANY, _sre.IN):
         return _class(op, av, fold), False
     if op == _sre.BRANCH:
@@ -182,7 +196,7 @@ def _first_item(op, av, fold: bool) -> tuple[set[int], bool]:
     return set(), True
 
 
-def _opaque(items) -> bool:
+def _opaque(items: Sequence[_Item]) -> bool:
     for op, av in items:
         if op in _OPAQUE:
             return True
@@ -195,7 +209,7 @@ def _opaque(items) -> bool:
     return False
 
 
-def _inner_overlap(items, follow: set[int], fold: bool) -> int | None:
+def _inner_overlap(items: Sequence[_Item], follow: set[int], fold: bool) -> int | None:
     """Return a character that a variable repeat in items shares with what can follow it."""
     after = set(follow)
     for op, av in reversed(items):
@@ -222,7 +236,7 @@ def _inner_overlap(items, follow: set[int], fold: bool) -> int | None:
     return None
 
 
-def _nested(items, fold: bool) -> int | None:
+def _nested(items: Sequence[_Item], fold: bool) -> int | None:
     for op, av in items:
         found = None
         if op in _REPEATS:
@@ -248,7 +262,7 @@ def _nested(items, fold: bool) -> int | None:
     return None
 
 
-def _children(op, av) -> list:
+def _children(op: int, av: Any) -> list[Sequence[_Item]]:
     if op == _sre.BRANCH:
         return list(av[1])
     if op == _sre.SUBPATTERN:
@@ -271,7 +285,7 @@ def nesting_depth(pattern: str) -> int:
     except (re.error, RecursionError, OverflowError, ValueError):
         return 0
     deepest = 0
-    stack = [(list(parsed), 0)]
+    stack: list[tuple[Sequence[_Item], int]] = [(parsed.data, 0)]
     while stack:
         items, depth = stack.pop()
         deepest = max(deepest, depth)
@@ -294,7 +308,7 @@ def catastrophic_overlap(pattern: str, *, caseless: bool = False) -> str | None:
         return None
     fold = bool(parsed.state.flags & _sre.SRE_FLAG_IGNORECASE)
     try:
-        found = _nested(list(parsed), fold)
+        found = _nested(parsed.data, fold)
     except RecursionError:
         return None  # nested too deeply to judge here; the time limit still applies
     return None if found is None else chr(found)

@@ -11,12 +11,16 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext
 
 from routes import validators as v
 from routes.nginx import boundaries as b
+
+if TYPE_CHECKING:
+    from routes.models import Deployment, RouteOverride
 
 COMMON_FILENAME = "00-console-common.conf"
 SITE_SUFFIX = ".conf"
@@ -81,6 +85,7 @@ class Location:
 
     @property
     def is_regex(self) -> bool:
+        """Return True for a regex location (matched after the prefixes, in config order)."""
         return self.match in (b.REGEX, b.REGEX_I)
 
     def nginx_name(self) -> str:
@@ -109,7 +114,9 @@ def _messages(exc: ValidationError) -> list[tuple[str, str]]:
     return [("__all__", " ".join(str(m) for m in exc.messages))]
 
 
-def validate_deployment(deployment, overrides: Sequence | None = None) -> None:
+def validate_deployment(
+    deployment: Deployment, overrides: Sequence[RouteOverride] | None = None
+) -> None:
     """Raise InvalidDeployment unless the deployment and its overrides pass every validator."""
     errors: list[tuple[str, str]] = []
     try:
@@ -141,7 +148,7 @@ def validate_deployment(deployment, overrides: Sequence | None = None) -> None:
         raise InvalidDeployment(deployment.slug or "?", errors)
 
 
-def enabled_overrides(deployment) -> list:
+def enabled_overrides(deployment: Deployment) -> list[RouteOverride]:
     """Return the deployment's enabled overrides in position order (uses a prefetch if present)."""
     # .all() then filtering in Python keeps prefetch_related("overrides") effective.
     return sorted(
@@ -149,12 +156,44 @@ def enabled_overrides(deployment) -> list:
     )
 
 
-def effective_locations(deployment, overrides: Sequence | None = None) -> list[Location]:
-    """Return the deployment's locations in config order: built-ins, overrides, fallback."""
+def chosen_overrides(
+    deployment: Deployment, overrides: Sequence[RouteOverride] | None
+) -> list[RouteOverride]:
+    """Return the enabled ones of the given overrides, or the deployment's own when none given."""
     if overrides is None:
-        overrides = enabled_overrides(deployment)
-    else:
-        overrides = sorted((o for o in overrides if o.enabled), key=lambda o: o.position)
+        return enabled_overrides(deployment)
+    return [o for o in overrides if o.enabled]
+
+
+def _from_override(
+    override: RouteOverride,
+    *,
+    section: str,
+    note: str = "",
+    plain: bool = False,
+    replaces: b.Route | None = None,
+) -> Location:
+    """Return the location an override makes, placed in section of the config."""
+    return Location(
+        match=override.match,
+        path=override.path,
+        target=override.target,
+        origin="override",
+        note=note,
+        plain=plain,
+        replaces=replaces,
+        override_id=override.pk,
+        position=override.position,
+        section=section,
+        override_note=override.note,
+    )
+
+
+def effective_locations(
+    deployment: Deployment, overrides: Sequence[RouteOverride] | None = None
+) -> list[Location]:
+    """Return the deployment's locations in config order: built-ins, overrides, fallback."""
+    overrides = sorted(chosen_overrides(deployment, overrides), key=lambda o: o.position)
     panel = deployment.mode == "cpa_panel"
 
     def builtin_target(route: b.Route) -> str:
@@ -169,18 +208,8 @@ def effective_locations(deployment, overrides: Sequence | None = None) -> list[L
         if found is None:
             return default
         used.add((route.match, route.path))
-        return Location(
-            match=route.match,
-            path=route.path,
-            target=found.target,
-            origin="override",
-            note=default.note,
-            plain=default.plain,
-            replaces=route,
-            override_id=found.pk,
-            position=found.position,
-            section=default.section,
-            override_note=found.note,
+        return _from_override(
+            found, section=default.section, note=default.note, plain=default.plain, replaces=route
         )
 
     root = Location(
@@ -203,18 +232,7 @@ def effective_locations(deployment, overrides: Sequence | None = None) -> list[L
             "/",
         ):
             continue
-        locations.append(
-            Location(
-                match=override.match,
-                path=override.path,
-                target=override.target,
-                origin="override",
-                override_id=override.pk,
-                position=override.position,
-                section=OVERRIDES_SECTION,
-                override_note=override.note,
-            )
-        )
+        locations.append(_from_override(override, section=OVERRIDES_SECTION))
     fallback = Location(
         b.PREFIX, "/", b.CPA, "fallback", b.FALLBACK.note, plain=True, section=FALLBACK_SECTION
     )
@@ -222,18 +240,19 @@ def effective_locations(deployment, overrides: Sequence | None = None) -> list[L
     return locations
 
 
-def upstream_name(deployment, target: str) -> str:
+def upstream_name(deployment: Deployment, target: str) -> str:
     """Return the upstream block name, unique per deployment and target."""
     # Slugs are [-a-zA-Z0-9_]; keeping them verbatim keeps names injective across deployments.
     return f"{UPSTREAM_PREFIX}{deployment.slug}_{target}"
 
 
-def variable_name(deployment, target: str) -> str:
+def variable_name(deployment: Deployment, target: str) -> str:
     """Return the nginx variable that holds a host-name upstream (letters, digits, _ only)."""
     return f"{UPSTREAM_PREFIX}{deployment.slug.replace('-', '_')}_{target}"
 
 
-def upstream_address(deployment, target: str) -> str:
+def upstream_address(deployment: Deployment, target: str) -> str:
+    """Return the host:port that serves target for the deployment."""
     return deployment.cpa_upstream if target == b.CPA else deployment.cpamp_upstream
 
 
@@ -243,7 +262,7 @@ def resolves_at_request_time(address: str) -> bool:
     return not v.is_ip_literal(host)
 
 
-def site_filename(deployment) -> str:
+def site_filename(deployment: Deployment) -> str:
     """Return the file name of the deployment's site config."""
     return f"{deployment.slug}{SITE_SUFFIX}"
 
@@ -263,7 +282,7 @@ def _resolver(value: str) -> str:
     return " ".join(parts)
 
 
-def _proxy_block(deployment, target: str, vars_: dict[str, str]) -> list[str]:
+def _proxy_block(deployment: Deployment, target: str, vars_: dict[str, str]) -> list[str]:
     """Return the body of a location proxied to target (the same for all of a deployment's)."""
     out = []
     if target in vars_:
@@ -282,7 +301,9 @@ def _comment(note: str) -> tuple[str, ...]:
     return tuple(f"    # {line}" for line in textwrap.wrap(note, 92))
 
 
-def _locations(out: list[str], deployment, locations: list[Location], vars_: dict) -> None:
+def _locations(
+    out: list[str], deployment: Deployment, locations: list[Location], vars_: dict[str, str]
+) -> None:
     section = ""
     blocks: dict[str, list[str]] = {}
     for location in locations:
@@ -308,7 +329,9 @@ def _locations(out: list[str], deployment, locations: list[Location], vars_: dic
         out.append("")
 
 
-def _server_body(out: list[str], deployment, locations: list[Location], vars_: dict) -> None:
+def _server_body(
+    out: list[str], deployment: Deployment, locations: list[Location], vars_: dict[str, str]
+) -> None:
     out.append(f"    client_max_body_size {deployment.client_max_body_size};")
     out.append("")
     out.append("    proxy_http_version 1.1;")
@@ -327,12 +350,9 @@ def _server_body(out: list[str], deployment, locations: list[Location], vars_: d
     _locations(out, deployment, locations, vars_)
 
 
-def render_site(deployment, overrides: Sequence | None = None) -> str:
+def render_site(deployment: Deployment, overrides: Sequence[RouteOverride] | None = None) -> str:
     """Return the site config of the deployment; raise InvalidDeployment before rendering."""
-    if overrides is None:
-        overrides = enabled_overrides(deployment)
-    else:
-        overrides = [o for o in overrides if o.enabled]
+    overrides = chosen_overrides(deployment, overrides)
     validate_deployment(deployment, overrides)
     locations = effective_locations(deployment, overrides)
     targets = sorted({loc.target for loc in locations if loc.target})

@@ -151,14 +151,6 @@ def check_directory(conf_dir: Path, *, timeout: float | None = None) -> NginxChe
         return NginxCheck(proc.returncode == 0, output or "syntax is ok")
 
 
-def check_texts(files: dict[str, str]) -> NginxCheck:
-    """Run ``nginx -t`` on the given {filename: text} as if they were one export directory."""
-    with tempfile.TemporaryDirectory(prefix="console-nginx-files-") as tmp:
-        for name, text in files.items():
-            (Path(tmp) / name).write_text(text)
-        return check_directory(Path(tmp))
-
-
 @contextmanager
 def running_nginx(
     conf_dir: Path, *, wait_for: list[tuple[str, int]] | None = None
@@ -191,7 +183,9 @@ def running_nginx(
                 proc.wait(timeout=10)
 
 
-def _wait_listening(proc: subprocess.Popen, addresses: list[tuple[str, int]], prefix: Path) -> None:
+def _wait_listening(
+    proc: subprocess.Popen[bytes], addresses: list[tuple[str, int]], prefix: Path
+) -> None:
     import socket
 
     deadline = time.monotonic() + 10

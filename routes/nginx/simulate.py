@@ -23,12 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.utils.translation import gettext_lazy as _
 
 from routes.nginx import boundaries as b
 from routes.nginx.regexes import RegexTimeout, compile_location, timed_search
 from routes.nginx.render import Location, effective_locations
+
+if TYPE_CHECKING:
+    from routes.models import Deployment, RouteOverride
 
 BAD_REQUEST = 400
 MOVED_PERMANENTLY = 301
@@ -66,6 +70,9 @@ class Simulation:
 
 
 # --- URI normalisation ------------------------------------------------------------------
+
+
+_BAD_ESCAPE = _("A percent sign is not followed by two hexadecimal digits.")
 
 
 def _request_target(raw_path: str) -> bytes:
@@ -107,32 +114,29 @@ def normalise(target: bytes) -> tuple[bytes, bytes]:
         end = target.find(b"#", start)
         return target[start:] if end < 0 else target[start:end]
 
+    def close(last: int) -> None:
+        # The path ends inside a segment: a final "/." is dropped, a final "/.." climbs.
+        if last == dot:
+            out.pop()
+        elif last == dot_dot:
+            up()
+
     while True:
-        if state == usual:
+        if state in (usual, slash, dot, dot_dot) and ch == 0x25:
+            quoted_state, state = state, quoted
+        elif state in (usual, slash, dot, dot_dot) and ch in (0x3F, 0x23):
+            # A raw ? starts the query and a raw # the fragment: either ends the path.
+            close(state)
+            return bytes(out), take_args(i) if ch == 0x3F else args
+        elif state == usual:
             if ch == 0x2F:
                 state = slash
-                out.append(ch)
-            elif ch == 0x25:
-                quoted_state, state = state, quoted
-            elif ch == 0x3F:
-                return bytes(out), take_args(i)
-            elif ch == 0x23:
-                return bytes(out), args
-            else:
-                out.append(ch)
+            out.append(ch)
         elif state == slash:
-            if ch == 0x2F:
-                pass  # merge_slashes on
-            elif ch == 0x2E:
+            if ch == 0x2E:
                 state = dot
                 out.append(ch)
-            elif ch == 0x25:
-                quoted_state, state = state, quoted
-            elif ch == 0x3F:
-                return bytes(out), take_args(i)
-            elif ch == 0x23:
-                return bytes(out), args
-            else:
+            elif ch != 0x2F:  # a repeated slash is merged (merge_slashes on)
                 state = usual
                 out.append(ch)
         elif state == dot:
@@ -142,60 +146,43 @@ def normalise(target: bytes) -> tuple[bytes, bytes]:
             elif ch == 0x2E:
                 state = dot_dot
                 out.append(ch)
-            elif ch == 0x25:
-                quoted_state, state = state, quoted
-            elif ch == 0x3F:
-                out.pop()
-                return bytes(out), take_args(i)
-            elif ch == 0x23:
-                out.pop()
-                return bytes(out), args
             else:
                 state = usual
                 out.append(ch)
         elif state == dot_dot:
-            if ch in (0x2F, 0x3F, 0x23):
+            if ch == 0x2F:
                 up()
-                if ch == 0x3F:
-                    return bytes(out), take_args(i)
-                if ch == 0x23:
-                    return bytes(out), args
                 state = slash
-            elif ch == 0x25:
-                quoted_state, state = state, quoted
             else:
                 state = usual
                 out.append(ch)
-        elif state == quoted:
+        elif state in (quoted, quoted_second):
             if ch not in _HEX:
-                raise BadRequest(_("A percent sign is not followed by two hexadecimal digits."))
-            decoded = int(chr(ch), 16)
-            state = quoted_second
-        elif state == quoted_second:
-            if ch not in _HEX:
-                raise BadRequest(_("A percent sign is not followed by two hexadecimal digits."))
-            ch = (decoded << 4) + int(chr(ch), 16)
-            if ch == 0:
-                raise BadRequest(_("The path contains %00."))
-            if ch in (0x25, 0x23, 0x3F):
-                # A decoded %, # or ? is a literal character, never an escape, fragment or query.
-                state = usual
-                out.append(ch)
+                raise BadRequest(_BAD_ESCAPE)
+            if state == quoted:
+                decoded = int(chr(ch), 16)
+                state = quoted_second
             else:
-                # Any other decoded byte is processed again, as if it had been sent raw.
-                state = quoted_state
-                continue
+                ch = (decoded << 4) + int(chr(ch), 16)
+                if ch == 0:
+                    raise BadRequest(_("The path contains %00."))
+                if ch in (0x25, 0x23, 0x3F):
+                    # A decoded %, # or ? is a literal character, never an escape, fragment or
+                    # query.
+                    state = usual
+                    out.append(ch)
+                else:
+                    # Any other decoded byte is processed again, as if it had been sent raw.
+                    state = quoted_state
+                    continue
         if i >= n:
             break
         ch = target[i]
         i += 1
 
     if state in (quoted, quoted_second):
-        raise BadRequest(_("A percent sign is not followed by two hexadecimal digits."))
-    if state == dot:
-        out.pop()
-    elif state == dot_dot:
-        up()
+        raise BadRequest(_BAD_ESCAPE)
+    close(state)
     return bytes(out), args
 
 
@@ -397,12 +384,16 @@ class Router:
         return Simulation(raw_path, path, query, None, loc, loc.target, regexes_tried=tried)
 
 
-def choose(locations: Sequence[Location], uri: bytes) -> tuple[str, Location | None, tuple]:
+def choose(
+    locations: Sequence[Location], uri: bytes
+) -> tuple[str, Location | None, tuple[str, ...]]:
     """Return (rc, location, regexes tried) for a normalised uri (ngx_http_core_find_location)."""
     return Router(locations).choose(uri)
 
 
-def simulate(deployment, raw_path: str, overrides: Sequence | None = None) -> Simulation:
+def simulate(
+    deployment: Deployment, raw_path: str, overrides: Sequence[RouteOverride] | None = None
+) -> Simulation:
     """Return what nginx does with a request for raw_path on the deployment's rendered config."""
     return Router(effective_locations(deployment, overrides)).simulate(raw_path)
 

@@ -187,7 +187,10 @@ def _serve(workdir: Path, data: Path, database_url: str) -> Iterator[Console]:
     }
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
-    cpa = FakeCPA(api_keys=[API_KEY], management_key=MANAGEMENT_KEY).start()
+    # CPAMP's finished setup has turned CPA's usage statistics on (reference 3.3).
+    cpa = FakeCPA(
+        api_keys=[API_KEY], management_key=MANAGEMENT_KEY, usage_statistics_enabled=True
+    ).start()
     cpamp = FakeCPAMP(
         admin_key=ADMIN_KEY, cpa_url=cpa.url, management_key=MANAGEMENT_KEY, setup_done=True
     ).start()

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routes import keys as keyring
-from routes.destinations import confirm_destination
 from routes.models import Deployment, Key, RouteOverride
 from routes.nginx.export import render_files, self_signed_certificate
 from routes.nginx.sandbox import running_nginx
+from routes.verification.destinations import confirm_destination
 from tests.fakes.cpa import FakeCPA
 from tests.fakes.cpamp import FakeCPAMP
 

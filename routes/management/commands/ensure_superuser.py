@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 from django.utils.translation import gettext as _
 
+from routes.management.base import ConsoleCommand
 
-class Command(BaseCommand):
+
+class Command(ConsoleCommand):
     help = "Create a superuser with a generated password if none exists; print it once."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin", help="Username to create (admin).")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
         with transaction.atomic():
             existing = User.objects.filter(is_superuser=True).order_by("pk").first()

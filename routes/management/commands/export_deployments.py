@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
 from routes import portable
-from routes.models import Deployment, Team
+from routes.files import atomic_write
+from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
+from routes.models import Deployment
 
 
-class Command(BaseCommand):
+class Command(ConsoleCommand):
     help = "Export deployments as JSON in the import format; secrets are never included."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployments (default: all).")
-        parser.add_argument("--team", metavar="SLUG", help="Only deployments of this team.")
+        add_team_argument(parser, help_text="Only deployments of this team.")
         parser.add_argument(
             "--output", metavar="FILE", help="Write to FILE instead of standard output."
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         deployments = Deployment.objects.all()
-        team_slug = options["team"]
-        if team_slug:
-            if not Team.objects.filter(slug=team_slug).exists():
-                raise CommandError(_("%(team)s: no such team.") % {"team": team_slug})
-            deployments = deployments.filter(team__slug=team_slug)
+        team = resolve_team(options["team"])
+        if team is not None:
+            deployments = deployments.filter(team=team)
         slugs = options["slugs"]
         if slugs:
             found = set(deployments.filter(slug__in=slugs).values_list("slug", flat=True))
@@ -37,10 +36,10 @@ class Command(BaseCommand):
             if missing:
                 message = (
                     _("no deployment %(slugs)s in team %(team)s.")
-                    if team_slug
+                    if team is not None
                     else _("no deployment %(slugs)s.")
                 )
-                raise CommandError(message % {"slugs": ", ".join(missing), "team": team_slug})
+                raise CommandError(message % {"slugs": ", ".join(missing), "team": options["team"]})
             deployments = deployments.filter(slug__in=slugs)
         payload = portable.export_definitions(deployments=list(deployments))
         text = portable.dump_payload(payload)
@@ -48,15 +47,9 @@ class Command(BaseCommand):
         if not output:
             self.stdout.write(text, ending="")
             return
-        target = Path(output)
-        # Write then rename, so a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, target)
+            atomic_write(Path(output), text)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise CommandError(
                 _("%(file)s: cannot write: %(error)s") % {"file": output, "error": exc.strerror}
             ) from None

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
+from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import Deployment, Team
 from routes.nginx.export import (
     ExportError,
@@ -19,10 +21,11 @@ from routes.nginx.export import (
     render_files,
     write_export,
 )
+from routes.nginx.lint import LintWarning
 from routes.nginx.render import InvalidDeployment, site_filename
 
 
-class Command(BaseCommand):
+class Command(ConsoleCommand):
     help = "Write the nginx configs of deployments into a directory (like conf.d) or to stdout."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -30,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--all", action="store_true", help="Export every deployment (of --team, if given)."
         )
-        parser.add_argument("--team", metavar="SLUG", help="With --all: only this team's.")
+        add_team_argument(parser, help_text="With --all: only this team's.")
         parser.add_argument(
             "--output-dir",
             metavar="DIR",
@@ -54,7 +57,7 @@ class Command(BaseCommand):
             help="Also write docker-compose.<slug>.yml, the seed's docker-compose file.",
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         deployments, team = self._select(options)
         if options["to_stdout"]:
             self._print(deployments, check=options["check"])
@@ -101,7 +104,7 @@ class Command(BaseCommand):
         if result.check is not None:
             self.stdout.write(_("nginx -t: ok. %(output)s") % {"output": result.check.output})
 
-    def _select(self, options) -> tuple[list[Deployment], Team | None]:
+    def _select(self, options: dict[str, Any]) -> tuple[list[Deployment], Team | None]:
         slugs, everything, team_slug = options["slugs"], options["all"], options["team"]
         if everything and slugs:
             raise CommandError(_("Give deployment slugs or --all, not both."))
@@ -116,12 +119,9 @@ class Command(BaseCommand):
                 _("--stdout prints the files; it cannot be combined with --output-dir.")
             )
         queryset = Deployment.objects.order_by("slug")
-        team = None
         if everything:
-            if team_slug:
-                team = Team.objects.filter(slug=team_slug).first()
-                if team is None:
-                    raise CommandError(_("Unknown team: %(slug)s") % {"slug": team_slug})
+            team = resolve_team(team_slug)
+            if team is not None:
                 queryset = queryset.filter(team=team)
             return prepared(queryset), team
         found = prepared(queryset.filter(slug__in=slugs))
@@ -130,7 +130,7 @@ class Command(BaseCommand):
             raise CommandError(_("Unknown deployment: %(slugs)s") % {"slugs": ", ".join(missing)})
         return found, None
 
-    def _warn(self, warnings) -> None:
+    def _warn(self, warnings: list[tuple[str, LintWarning]]) -> None:
         for slug, warning in warnings:
             prefix = f"{slug}: " if slug else ""
             self.stderr.write(_("warning: %(warning)s") % {"warning": f"{prefix}{warning}"})

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from routes import actions, portable
+from routes import portable
+from routes.management.base import ConsoleCommand, add_team_argument
+from routes.workflows.memberships import find_user
 
 
-class Command(BaseCommand):
+class Command(ConsoleCommand):
     help = "Import deployments from a JSON file (or - for stdin), all or nothing."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", help="Path of the JSON file, or - to read stdin.")
         parser.add_argument(
             "--update",
             action="store_true",
             help="Replace deployments whose slug exists (their overrides become the file's).",
         )
-        parser.add_argument(
-            "--team", metavar="SLUG", help="Put every imported deployment in this team."
-        )
+        add_team_argument(parser, help_text="Put every imported deployment in this team.")
         parser.add_argument(
             "--as",
             dest="as_user",
@@ -35,11 +36,11 @@ class Command(BaseCommand):
             ),
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         as_user = None
         if options["as_user"]:
             try:
-                as_user = actions.find_user(options["as_user"])
+                as_user = find_user(username=options["as_user"])
             except ValidationError as exc:
                 raise CommandError(f"--as: {' '.join(exc.messages)}") from None
         source = options["file"]

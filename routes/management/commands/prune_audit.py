@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from routes import audit
+from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import AuditEvent, Team
 
 
@@ -34,45 +37,40 @@ def parse_before(value: str) -> dt.datetime:
 
 def prune_events(*, before: dt.datetime, team: Team | None = None) -> int:
     """Delete the events created before `before` (of team, when given); return how many."""
-    events = AuditEvent.objects.filter(created_at__lt=before)
-    if team is not None:
-        events = events.filter(team=team)
-    deleted, _ = events.delete()
+    deleted, _ = _events_before(before=before, team=team).delete()
     return deleted
 
 
-class Command(BaseCommand):
+def _events_before(*, before: dt.datetime, team: Team | None) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(created_at__lt=before)
+    return events.filter(team=team) if team is not None else events
+
+
+class Command(ConsoleCommand):
     help = "Delete audit events created before a date (superuser pruning from the command line)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--before",
             required=True,
             help="Delete events created before this date, e.g. 2025-01-01 (midnight, TIME_ZONE).",
         )
-        parser.add_argument("--team", help="Only events of this team (slug).")
+        add_team_argument(parser, help_text="Only events of this team (slug).")
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
         )
         parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         before = parse_before(options["before"])
         if before > timezone.now():
             raise CommandError(
                 f"--before: {options['before']} is in the future; that would delete today's "
                 "events too. Give a past date."
             )
-        team = None
-        if options["team"]:
-            team = Team.objects.filter(slug=options["team"]).first()
-            if team is None:
-                raise CommandError(f"--team: no team with slug {options['team']!r}.")
+        team = resolve_team(options["team"])
         if options["dry_run"]:
-            events = AuditEvent.objects.filter(created_at__lt=before)
-            if team is not None:
-                events = events.filter(team=team)
-            count = events.count()
+            count = _events_before(before=before, team=team).count()
         else:
             count = prune_events(before=before, team=team)
             # The prune itself stays in the trail, so a gap always has an explanation.

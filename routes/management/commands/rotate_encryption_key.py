@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from cryptography.fernet import Fernet
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 
 from routes import audit
 from routes import keys as keyring
+from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import Key, Team
 
 GENERATE_HELP = """\
@@ -37,7 +39,7 @@ class RotationReport:
     rotated: int = 0
     already_current: int = 0
     changed_meanwhile: int = 0
-    undecryptable: list[dict] = field(default_factory=list)
+    undecryptable: list[dict[str, Any]] = field(default_factory=list)
 
 
 def check_configured_keys() -> None:
@@ -47,7 +49,7 @@ def check_configured_keys() -> None:
         raise CommandError("CONSOLE_ENCRYPTION_KEYS is empty: there is no key to encrypt with.")
     for position, value in enumerate(configured, start=1):
         try:
-            Fernet(value.encode() if isinstance(value, str) else value)
+            keyring.fernet(value)
         except (ValueError, TypeError):
             raise CommandError(
                 f"CONSOLE_ENCRYPTION_KEYS entry {position} is not a valid Fernet key "
@@ -95,10 +97,10 @@ def rotate_keys(*, batch_size: int = 100, team: Team | None = None) -> RotationR
     return report
 
 
-class Command(BaseCommand):
+class Command(ConsoleCommand):
     help = "Re-encrypt every stored key under the first CONSOLE_ENCRYPTION_KEYS entry."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--generate",
             action="store_true",
@@ -110,20 +112,16 @@ class Command(BaseCommand):
             default=100,
             help="Keys re-encrypted per transaction (default 100).",
         )
-        parser.add_argument("--team", help="Only the keys of this team's deployments (slug).")
+        add_team_argument(parser, help_text="Only the keys of this team's deployments (slug).")
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         if options["generate"]:
             self.stdout.write(GENERATE_HELP.format(key=Fernet.generate_key().decode()))
             return
         if options["batch_size"] < 1:
             raise CommandError("--batch-size: give a positive number of keys, e.g. 100.")
-        team = None
-        if options["team"]:
-            team = Team.objects.filter(slug=options["team"]).first()
-            if team is None:
-                raise CommandError(f"--team: no team with slug {options['team']!r}.")
+        team = resolve_team(options["team"])
         check_configured_keys()
 
         report = rotate_keys(batch_size=options["batch_size"], team=team)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import getpass
 import sys
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from routes import actions
 from routes import keys as keyring
+from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import Deployment
+from routes.workflows.keys import set_key
 
 
-class Command(BaseCommand):
+class Command(ConsoleCommand):
     help = "Set a deployment key from stdin; replacing a single-role key is a recorded rotation."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("slug", metavar="SLUG", help="The deployment's slug, e.g. prod.")
         parser.add_argument(
             "role",
@@ -33,19 +35,18 @@ class Command(BaseCommand):
             action="store_true",
             help="Accept a CPAMP Admin Key in a format of your own (CPA_MANAGER_ADMIN_KEY).",
         )
-        parser.add_argument(
-            "--team", metavar="SLUG", help="Refuse unless the deployment belongs to this team."
-        )
+        add_team_argument(parser, help_text="Refuse unless the deployment belongs to this team.")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
+        team = resolve_team(options["team"])
         rows = Deployment.objects.filter(slug=options["slug"])
-        if options["team"]:
-            rows = rows.filter(team__slug=options["team"])
+        if team is not None:
+            rows = rows.filter(team=team)
         deployment = rows.first()
         if deployment is None:
             message = (
                 _("%(slug)s: no such deployment in team %(team)s.")
-                if options["team"]
+                if team is not None
                 else _("%(slug)s: no such deployment.")
             )
             raise CommandError(message % {"slug": options["slug"], "team": options["team"]})
@@ -53,7 +54,7 @@ class Command(BaseCommand):
         if not secret:
             raise CommandError(_("secret: nothing was read from stdin."))
         try:
-            key = actions.set_key(
+            key = set_key(
                 deployment=deployment,
                 role=options["role"],
                 secret=secret,

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, CommandParser
+from django.utils import translation
 
+from routes import tasks
 from routes import validators as v
-from routes import verify
-from routes.models import Deployment, Team
+from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
+from routes.models import Deployment, Team, VerificationRun
+from routes.verification import runs
 
 USAGE_ERROR = 2
 
 
-class Command(BaseCommand):
+class Command(ConsoleCommand):
     help = "Run the verification checks of deployments now (exit 0 passed, 1 failed, 2 usage)."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployment slugs to verify.")
         parser.add_argument(
             "--json", action="store_true", help="Print JSON (one object per deployment)."
@@ -33,26 +38,43 @@ class Command(BaseCommand):
             "--insecure", action="store_true", help="Do not verify TLS certificates."
         )
         parser.add_argument(
+            "--lang",
+            metavar="CODE",
+            help="Print diagnoses in this language, e.g. zh-hans (default: English).",
+        )
+        parser.add_argument(
             "--due",
             action="store_true",
             help="Enqueue every scheduled job whose interval has passed (for cron or a timer).",
         )
-        parser.add_argument("--team", help="Only deployments of this team (slug).")
+        add_team_argument(parser, help_text="Only deployments of this team (slug).")
 
-    def handle(self, *args, **options) -> None:
-        team = self._team(options["team"])
+    def handle(self, *args: Any, **options: Any) -> None:
+        languages = [code for code, _name in settings.LANGUAGES]
+        language = options["lang"] or "en"
+        if language not in languages:
+            raise CommandError(
+                f"--lang: {language!r} is not one of {', '.join(languages)}.",
+                returncode=USAGE_ERROR,
+            )
+        # Runs are stored as codes; only what is printed takes the language.
+        with translation.override(language):
+            self._handle(**options)
+
+    def _handle(self, **options: Any) -> None:
+        team = resolve_team(options["team"], returncode=USAGE_ERROR)
         if options["due"]:
             if options["slugs"] or options["base_url"] or options["insecure"]:
                 raise CommandError(
                     "--due enqueues scheduled jobs; it takes no SLUG, --base-url or --insecure.",
                     returncode=USAGE_ERROR,
                 )
-            runs = verify.enqueue_due(team=team)
+            enqueued = tasks.enqueue_due(team=team)
             if options["json"]:
-                payload = [{"deployment": r.job.deployment.slug, "run": r.pk} for r in runs]
+                payload = [{"deployment": r.job.deployment.slug, "run": r.pk} for r in enqueued]
                 self.stdout.write(json.dumps({"enqueued": payload}))
             else:
-                self.stdout.write(f"Enqueued {len(runs)} scheduled verification run(s).")
+                self.stdout.write(f"Enqueued {len(enqueued)} scheduled verification run(s).")
             return
         if not options["slugs"]:
             raise CommandError(
@@ -71,27 +93,20 @@ class Command(BaseCommand):
         for deployment in deployments:
             # Whoever runs a command holds the server and its encryption keys, like an owner:
             # keys may go to the origin they name here, for this run only.
-            run = verify.verify_now(
+            run = runs.verify_now(
                 deployment=deployment,
                 base_url=base_url,
                 insecure=options["insecure"],
                 trust_base_url=True,
             )
-            all_passed &= run.status == verify.Status.PASSED
+            tasks.queue_notifications(run)  # a change of state is sent by the task worker
+            all_passed &= run.status == runs.Status.PASSED
             if options["json"]:
-                self.stdout.write(json.dumps(verify.run_as_json(run)))
+                self.stdout.write(json.dumps(runs.run_as_json(run)))
             else:
                 self._table(run)
         if not all_passed:
             raise SystemExit(1)
-
-    def _team(self, slug: str | None) -> Team | None:
-        if not slug:
-            return None
-        team = Team.objects.filter(slug=slug).first()
-        if team is None:
-            raise CommandError(f"--team: no team with slug {slug!r}.", returncode=USAGE_ERROR)
-        return team
 
     def _deployments(self, slugs: list[str], team: Team | None) -> list[Deployment]:
         found = {d.slug: d for d in Deployment.objects.filter(slug__in=slugs)}
@@ -109,9 +124,9 @@ class Command(BaseCommand):
         # Each slug once, in the order given.
         return [found[s] for s in dict.fromkeys(slugs)]
 
-    def _table(self, run) -> None:
-        data = verify.run_as_json(run)
-        style = self.style.SUCCESS if run.status == verify.Status.PASSED else self.style.ERROR
+    def _table(self, run: VerificationRun) -> None:
+        data = runs.run_as_json(run)
+        style = self.style.SUCCESS if run.status == runs.Status.PASSED else self.style.ERROR
         self.stdout.write(
             style(
                 f"{data['deployment']}: run #{data['run']} {data['status']} in "
@@ -120,6 +135,9 @@ class Command(BaseCommand):
         )
         if run.error:
             self.stdout.write(f"  {run.error}")
+        for cause in data["causes"]:
+            checks = ", ".join(cause["checks"])
+            self.stdout.write(f"  cause {cause['code']} ({checks}): {cause['diagnosis']}")
         header = f"  {'check':<28} {'method':<6} {'status':>6} {'expected':<9} {'observed':<9} "
         self.stdout.write(header + f"{'ms':>6}  result")
         for check in data["checks"]:
@@ -133,3 +151,5 @@ class Command(BaseCommand):
             )
             if check["diagnosis"]:
                 self.stdout.write(f"      {check['diagnosis']}")
+            if check["warning"]:
+                self.stdout.write(f"      {check['warning']}")

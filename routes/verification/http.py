@@ -11,10 +11,15 @@ shortened.
 Who answered: the exported config adds ``X-Console-Upstream: cpa|cpamp``. Without it the
 fingerprints of the behaviour reference decide (CPAMP's ``{"error","code"}`` JSON and its
 ``"service":"cpa-manager-plus"`` bodies, CPA's ``X-CPA-VERSION`` header); otherwise "unknown".
+``options_fingerprint`` reads the answer to a credential-free ``OPTIONS`` (reference 3.4).
+
+Library exception text never leaves this module as words: a failure is a kind (classify) and a
+reason code (reason); error_detail keeps the text for nobody but a debugger.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import http.client
 import io
@@ -112,7 +117,9 @@ class Probe:
     body: bytes = b""
     latency_ms: int | None = None
     error: str = ""  # refused | dns | tls | timeout | connection | "" (answered)
-    error_detail: str = ""  # never stored without redaction
+    # Why, as a code (reason()): self_signed, hostname_mismatch, closed, reset, ... or "".
+    error_reason: str = ""
+    error_detail: str = ""  # library text: never stored, never shown
 
     @property
     def location(self) -> str:
@@ -157,6 +164,44 @@ def classify(exc: BaseException) -> str:
     if "Name or service not known" in text or "Failed to resolve" in text:
         return "dns"
     return "connection"
+
+
+# OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) by what they mean.
+_VERIFY_REASONS = {
+    18: "self_signed",  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: "self_signed",  # SELF_SIGNED_CERT_IN_CHAIN
+    20: "unknown_issuer",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: "unknown_issuer",  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    2: "unknown_issuer",  # UNABLE_TO_GET_ISSUER_CERT
+    9: "not_yet_valid",  # CERT_NOT_YET_VALID
+    10: "expired",  # CERT_HAS_EXPIRED
+    62: "hostname_mismatch",  # HOSTNAME_MISMATCH
+    64: "hostname_mismatch",  # IP_ADDRESS_MISMATCH
+}
+# Kinds whose reason says the certificate was refused by the trust store.
+CERTIFICATE_REASONS = frozenset({*_VERIFY_REASONS.values(), "untrusted"})
+
+
+def reason(exc: BaseException) -> str:
+    """Return a code for why a request failed, never the library's words.
+
+    Certificates: self_signed, unknown_issuer, expired, not_yet_valid, hostname_mismatch,
+    untrusted; other TLS failures: handshake. Connections: closed, reset, not_http,
+    unreachable; anything else: "".
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "untrusted")
+    if isinstance(exc, ssl.SSLError):
+        return "handshake"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "closed"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
+    if isinstance(exc, http.client.HTTPException):
+        return "not_http"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "unreachable"
+    return ""
 
 
 class Deadline:
@@ -210,7 +255,7 @@ class _DeadlineSocket:
         """http.client closes its socket when a response ends; send() closes the real one."""
 
 
-def _resolve(host: str, port: int, deadline: Deadline) -> list[tuple]:
+def _resolve(host: str, port: int, deadline: Deadline) -> list[tuple[Any, ...]]:
     """Return getaddrinfo() results for host, looked up within the deadline."""
     try:
         ipaddress.ip_address(host)
@@ -324,7 +369,7 @@ def send(
             conn = http.client.HTTPConnection(host, port)
         # The connection is already open: http.client only writes the request and parses the
         # answer, through a socket that enforces the deadline. It follows no redirect.
-        conn.sock = _DeadlineSocket(raw, deadline)  # type: ignore[assignment]
+        conn.sock = _DeadlineSocket(raw, deadline)
         conn.request(method, path, headers={"User-Agent": USER_AGENT, **(headers or {})})
         response = conn.getresponse()
         probe.status_code = response.status
@@ -352,6 +397,7 @@ def send(
                 detail = str(exc) or type(exc).__name__
             probe.status_code, probe.headers, probe.body = None, {}, b""
             probe.error, probe.error_detail = kind, detail
+            probe.error_reason = reason(exc)
         else:
             # The answer arrived but its body broke off (the server closed early): keep it.
             probe.error_detail = str(exc) or type(exc).__name__
@@ -380,6 +426,24 @@ def who_answered(probe: Probe) -> str:
     return UNKNOWN
 
 
+def options_fingerprint(probe: Probe) -> str:
+    """Return who answered a credential-free OPTIONS: cpa, cpamp or unknown (reference 3.4).
+
+    Both answer 204 before any key check; CPA allows every header (``*``), CPAMP only
+    ``Authorization, Content-Type``. CPAMP's /management.html answers OPTIONS with its page and
+    no CORS headers, so that path tells nothing at CPAMP.
+    """
+    allowed = probe.headers.get("access-control-allow-headers", "")
+    names = {name.strip().lower() for name in allowed.split(",") if name.strip()}
+    if probe.status_code != 204 or not names:
+        return UNKNOWN
+    if names == {"*"}:
+        return CPA
+    if names == {"authorization", "content-type"}:
+        return CPAMP
+    return UNKNOWN
+
+
 def fetch_certificate(*, host: str, port: int, sni: str, timeout: float) -> bytes:
     """Return the DER certificate served at host:port for sni, without judging it.
 
@@ -389,17 +453,22 @@ def fetch_certificate(*, host: str, port: int, sni: str, timeout: float) -> byte
     deadline = Deadline(timeout)
     sock = connect(host=host, port=port, deadline=deadline)
     with _handshake(sock, context=_tls_context(False), sni=sni, deadline=deadline) as tls:
-        return tls.getpeercert(binary_form=True)
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise ssl.SSLError(f"{host}:{port} sent no certificate")
+    return der
 
 
 def chain_error(*, host: str, port: int, sni: str, timeout: float) -> str:
-    """Return why the system trust store refuses the served chain for sni, or "" if it trusts it."""
+    """Return why the system trust store refuses the served chain for sni, or "" if it trusts it.
+
+    The answer is a code of reason() (self_signed, unknown_issuer, ...), or the kind of the
+    network failure when the second handshake could not be made at all.
+    """
     deadline = Deadline(timeout)
     try:
         sock = connect(host=host, port=port, deadline=deadline)
         with _handshake(sock, context=_tls_context(True), sni=sni, deadline=deadline):
             return ""
-    except ssl.SSLCertVerificationError as exc:
-        return exc.verify_message or str(exc)
     except (OSError, ssl.SSLError) as exc:
-        return str(exc)[:200]
+        return reason(exc) or classify(exc)

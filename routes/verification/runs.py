@@ -1,9 +1,10 @@
-"""Verification jobs and runs: the seed's checks stored, run in the background, kept as history.
+"""Stored verification: jobs and runs as rows, claimed and executed by a worker, kept as history.
 
-The checks and the parallel runner live in routes/verify_checks.py and the HTTP seam in
-routes/probes.py (the only code that sends HTTP to deployments); this module turns them into
-VerificationRun and CheckResult rows, enqueues runs on the task worker, probes single keys, and
-feeds the admin.
+A run is created queued (create_run; routes/tasks.py queues it), claimed by one worker with a
+conditional update (execute_run), and its results are stored as they arrive. Runs whose worker
+died are swept (sweep_stale_runs) by the worker and the scheduler, never by a page view. This
+module also answers the scheduling queries, prunes old runs, probes single keys and feeds the
+admin its data (never its HTML).
 """
 
 from __future__ import annotations
@@ -14,34 +15,32 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.template.loader import render_to_string
-from django.utils import timezone
-from django.utils.safestring import SafeString
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
-from routes import audit, destinations
+from routes import audit
 from routes import keys as keyring
 from routes import validators as v
-from routes.models import CheckResult, Deployment, Key, VerificationJob, VerificationRun
-from routes.verify_checks import (  # noqa: F401 - re-exported: the contract names them here
-    CHECKS,
-    NEGATIVE_CHECKS,
-    SEED_CHECKS,
+from routes.context import current_actor
+from routes.models import CheckResult, Deployment, Key, Team, VerificationJob, VerificationRun
+from routes.verification import causes, destinations
+from routes.verification import diagnoses as dx
+from routes.verification.checks import (
     Check,
-    CheckOutcome,
-    Redactor,
-    build_context,
+    check_label,
+    expected_label,
+    key_probes,
     plan_checks,
-    run_budget,
-    run_check,
-    run_checks,
 )
+from routes.verification.http import Redactor
+from routes.verification.outcomes import CheckOutcome, StoredKey
+from routes.verification.runner import STORED_LANGUAGE, build_context, run_budget, run_checks
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +56,13 @@ class StoredKeys:
     by_role: dict[str, str]
     secrets: list[str]
     unreadable: list[str] = field(default_factory=list)
+    # Every readable key by role, in order, named as a run shows it ("label ••••1234").
+    sets: dict[str, list[StoredKey]] = field(default_factory=dict)
+
+
+def key_display(key: Key) -> str:
+    """Return how a run names a key: "label ••••1234" (just the mask without a label)."""
+    return f"{key.label} {key.masked}" if key.label else key.masked
 
 
 def load_keys(deployment: Deployment, *, prefer: Key | None = None) -> StoredKeys:
@@ -64,6 +70,7 @@ def load_keys(deployment: Deployment, *, prefer: Key | None = None) -> StoredKey
     by_role: dict[str, str] = {}
     secrets: list[str] = []
     unreadable: list[str] = []
+    sets: dict[str, list[StoredKey]] = {}
     keys = list(Key.objects.filter(deployment=deployment).order_by("role", "id"))
     if prefer is not None:
         keys.sort(key=lambda k: k.pk != prefer.pk)
@@ -75,7 +82,8 @@ def load_keys(deployment: Deployment, *, prefer: Key | None = None) -> StoredKey
             continue
         secrets.append(secret)
         by_role.setdefault(key.role, secret)
-    return StoredKeys(by_role=by_role, secrets=secrets, unreadable=unreadable)
+        sets.setdefault(key.role, []).append(StoredKey(display=key_display(key), secret=secret))
+    return StoredKeys(by_role=by_role, secrets=secrets, unreadable=unreadable, sets=sets)
 
 
 def job_for(deployment: Deployment) -> VerificationJob:
@@ -90,18 +98,35 @@ def planned_checks(job: VerificationJob) -> list[Check]:
     return plan_checks(job.deployment, roles=set(roles), enabled=job.enabled_checks or ())
 
 
+def _timeout(job: VerificationJob) -> float:
+    return float(job.timeout_seconds or 10.0)
+
+
+def _key_counts(deployment: Deployment) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for role in Key.objects.filter(deployment=deployment).values_list("role", flat=True):
+        counts[role] = counts.get(role, 0) + 1
+    return counts
+
+
 def run_deadline(job: VerificationJob, *, started_at: dt.datetime) -> dt.datetime:
     """Return when a run of job started at started_at has ended its checks, at the latest."""
-    budget = run_budget(planned_checks(job), timeout=float(job.timeout_seconds or 10.0))
+    budget = run_budget(
+        planned_checks(job), timeout=_timeout(job), key_counts=_key_counts(job.deployment)
+    )
     return started_at + dt.timedelta(seconds=budget)
 
 
-def mark_stale_runs(*, now: dt.datetime | None = None) -> int:
+# --- stale runs -----------------------------------------------------------------------------
+
+
+def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
     """Mark runs still running past their deadline and a grace period as error; return how many.
 
     The deadline stored at claim time is when run_checks gives up, so a live worker is done by
     then; CONSOLE_RUN_STALE_AFTER is the grace for storing its results. A run claimed without a
-    stored deadline (before there was one) counts from its start.
+    stored deadline (before there was one) counts from its start. Called by the worker before
+    each run and by the scheduler (``verify --due``), never by a page view.
     """
     now = now or timezone.now()
     grace = settings.CONSOLE_RUN_STALE_AFTER
@@ -134,19 +159,21 @@ def mark_stale_runs(*, now: dt.datetime | None = None) -> int:
     return marked
 
 
+# --- creating and executing runs ------------------------------------------------------------
+
+
 def create_run(
-    *,
-    deployment: Deployment,
-    trigger: str,
-    actor=None,
-    base_url: str | None = None,
+    *, deployment: Deployment, trigger: str, base_url: str | None = None
 ) -> VerificationRun:
-    """Create a queued run of deployment's job (the job is created if missing)."""
+    """Create a queued run of deployment's job for the acting user (the job is created if missing).
+
+    Queue it with routes.tasks.queue_run, or perform it here with execute_run.
+    """
     job = job_for(deployment)
     return VerificationRun.objects.create(
         job=job,
         trigger=trigger,
-        triggered_by=actor if getattr(actor, "is_authenticated", False) else None,
+        triggered_by=current_actor(),
         base_url=(base_url or job.effective_base_url).rstrip("/"),
     )
 
@@ -167,57 +194,57 @@ def _origin_problem(base_url: str) -> str:
     return ""
 
 
-def _enqueue(run_id: int, insecure: bool) -> None:
-    from routes.tasks import run_verification
+# The fields a stored CheckResult shares with a CheckOutcome, and the column widths they fit.
+STORED_FIELDS = {
+    "position": 0,
+    "check_id": 0,
+    "method": 8,
+    "url": 500,
+    "expected": 200,
+    "status_code": 0,
+    "latency_ms": 0,
+    "expected_upstream": 10,
+    "observed_upstream": 10,
+    "passed": 0,
+    "diagnosis_code": 40,
+    "diagnosis_params": 0,
+    "warning_code": 40,
+    "warning_params": 0,
+    "excerpt": 0,
+    "details": 0,
+}
 
-    try:
-        result = run_verification.enqueue(run_id, insecure)
-    except Exception as exc:  # the queue itself failed: the run must not stay queued forever
-        logger.exception("could not enqueue verification run %s", run_id)
-        VerificationRun.objects.filter(pk=run_id, status=Status.QUEUED).update(
-            status=Status.ERROR,
-            finished_at=timezone.now(),
-            error=_("Could not queue the run: %(error)s") % {"error": type(exc).__name__},
-        )
-        return
-    VerificationRun.objects.filter(pk=run_id).update(task_id=str(result.id)[:64])
 
-
-def start_run(
-    *,
-    deployment: Deployment,
-    trigger: str,
-    actor=None,
-    base_url: str | None = None,
-    insecure: bool = False,
-) -> VerificationRun:
-    """Create a queued run and enqueue it on the task worker once the transaction commits."""
-    mark_stale_runs()
-    run = create_run(deployment=deployment, trigger=trigger, actor=actor, base_url=base_url)
-    transaction.on_commit(partial(_enqueue, run.pk, insecure))
-    return run
+def _columns(outcome: CheckOutcome) -> dict[str, Any]:
+    """Return the outcome's stored fields, texts cut to their columns."""
+    columns = {}
+    for name, width in STORED_FIELDS.items():
+        value = getattr(outcome, name)
+        columns[name] = value[:width] if width and isinstance(value, str) else value
+    return columns
 
 
 def _store(run: VerificationRun, outcomes: list[CheckOutcome]) -> None:
+    # The diagnosis column keeps the English words (old rows, grep); pages render the code.
+    with translation.override(STORED_LANGUAGE):
+        rows = [(outcome, outcome.diagnosis) for outcome in outcomes]
     CheckResult.objects.bulk_create(
-        CheckResult(
-            run=run,
-            position=outcome.position,
-            check_id=outcome.check_id,
-            method=outcome.method[:8],
-            url=outcome.url[:500],
-            expected=outcome.expected[:200],
-            status_code=outcome.status_code,
-            latency_ms=outcome.latency_ms,
-            expected_upstream=outcome.expected_upstream[:10],
-            observed_upstream=outcome.observed_upstream[:10],
-            passed=outcome.passed,
-            diagnosis=outcome.diagnosis,
-            excerpt=outcome.excerpt,
-            details=outcome.details,
-        )
-        for outcome in outcomes
+        CheckResult(run=run, diagnosis=english, **_columns(outcome)) for outcome, english in rows
     )
+
+
+def _notes(stored: StoredKeys, outcomes: list[CheckOutcome]) -> str:
+    """Return the run's remarks: keys left out, and destinations keys were held back from."""
+    notes = []
+    if stored.unreadable:
+        notes.append(
+            _("Keys that cannot be decrypted were left out: %(roles)s.")
+            % {"roles": ", ".join(sorted(set(stored.unreadable)))}
+        )
+    withheld = sorted({o.details["origin"] for o in outcomes if o.details.get("keys_withheld")})
+    if withheld:
+        notes.append(destinations.pending_message(withheld))
+    return " ".join(notes)
 
 
 def execute_run(
@@ -244,6 +271,7 @@ def execute_run(
     started = time.monotonic()
     redact = Redactor()
     failed: list[str] = []
+    found: list[dict[str, Any]] = []
     try:
         base_url = run.base_url or job.effective_base_url
         refused = _origin_problem(base_url)
@@ -254,26 +282,19 @@ def execute_run(
             deployment,
             base_url=base_url,
             verify_tls=job.verify_tls if verify_tls is None else verify_tls,
-            timeout=float(job.timeout_seconds or 10.0),
+            timeout=_timeout(job),
             keys=stored.by_role,
             secrets=stored.secrets,
             key_origins=[*destinations.confirmed_origins(deployment), *extra_key_origins],
+            key_sets=stored.sets,
         )
         redact = ctx.redact
         plan = plan_checks(deployment, roles=stored.by_role, enabled=job.enabled_checks or ())
         outcomes = run_checks(ctx, plan, on_results=partial(_store, run))
         failed = [o.check_id for o in outcomes if not o.passed]
         status = Status.FAILED if failed else Status.PASSED
-        notes = []
-        if stored.unreadable:
-            notes.append(
-                _("Keys that cannot be decrypted were left out: %(roles)s.")
-                % {"roles": ", ".join(sorted(set(stored.unreadable)))}
-            )
-        withheld = sorted({o.details["origin"] for o in outcomes if o.details.get("keys_withheld")})
-        if withheld:
-            notes.append(destinations.pending_message(withheld))
-        error = " ".join(notes)
+        error = _notes(stored, outcomes)
+        found = causes.group(outcomes, deployment=deployment)
     except _RefusedBaseURL as exc:
         status = Status.ERROR
         error = str(exc)[:500]
@@ -283,7 +304,7 @@ def execute_run(
         error = redact.cut(f"{type(exc).__name__}: {exc}", 500)
     duration = int((time.monotonic() - started) * 1000)
     VerificationRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
-        status=status, finished_at=timezone.now(), duration_ms=duration, error=error
+        status=status, finished_at=timezone.now(), duration_ms=duration, error=error, causes=found
     )
     run.refresh_from_db()
     audit.record(
@@ -296,6 +317,7 @@ def execute_run(
             "trigger": run.trigger,
             "status": run.status,
             "failed_checks": failed,
+            "causes": [c["code"] for c in found],
             "duration_ms": run.duration_ms,
         },
     )
@@ -306,7 +328,6 @@ def verify_now(
     *,
     deployment: Deployment,
     trigger: str = Trigger.COMMAND,
-    actor=None,
     base_url: str | None = None,
     insecure: bool = False,
     trust_base_url: bool = False,
@@ -316,8 +337,7 @@ def verify_now(
     trust_base_url: base_url was chosen by someone who counts as an owner (the server
     administrator running the command), so keys may go there for this run.
     """
-    mark_stale_runs()
-    run = create_run(deployment=deployment, trigger=trigger, actor=actor, base_url=base_url)
+    run = create_run(deployment=deployment, trigger=trigger, base_url=base_url)
     extra = []
     if base_url and trust_base_url:
         base_url = base_url.rstrip("/")
@@ -326,7 +346,10 @@ def verify_now(
     return execute_run(run=run, verify_tls=False if insecure else None, extra_key_origins=extra)
 
 
-def due_jobs(*, now: dt.datetime | None = None, team=None) -> list[VerificationJob]:
+# --- scheduling and pruning -----------------------------------------------------------------
+
+
+def due_jobs(*, now: dt.datetime | None = None, team: Team | None = None) -> list[VerificationJob]:
     """Return scheduled jobs whose interval has passed and that have no run in progress."""
     now = now or timezone.now()
     jobs = VerificationJob.objects.filter(interval_minutes__isnull=False).select_related(
@@ -340,29 +363,37 @@ def due_jobs(*, now: dt.datetime | None = None, team=None) -> list[VerificationJ
     due = []
     for job in jobs.exclude(pk__in=busy):
         last = job.last_enqueued_at
-        if last is None or last + dt.timedelta(minutes=job.interval_minutes) <= now:
+        interval = job.interval_minutes or 0
+        if last is None or last + dt.timedelta(minutes=interval) <= now:
             due.append(job)
     return due
 
 
-def enqueue_due(*, now: dt.datetime | None = None, team=None) -> list[VerificationRun]:
-    """Enqueue a scheduled run for every due job (``verify --due``); return the runs."""
+def claim_due_runs(
+    *, now: dt.datetime | None = None, team: Team | None = None
+) -> list[VerificationRun]:
+    """Create a queued scheduled run for every due job; return them, for the caller to queue.
+
+    Stale runs are swept first, so a dead worker's run does not keep its job busy forever.
+    """
     now = now or timezone.now()
-    mark_stale_runs(now=now)
+    sweep_stale_runs(now=now)
     runs = []
     for job in due_jobs(now=now, team=team):
-        # Claim with a conditional update, so two overlapping cron calls enqueue once.
+        # Claim with a conditional update, so two overlapping cron calls create one run.
         claimed = VerificationJob.objects.filter(
             pk=job.pk, last_enqueued_at=job.last_enqueued_at
         ).update(last_enqueued_at=now)
-        if not claimed:
-            continue
-        with transaction.atomic():
-            runs.append(start_run(deployment=job.deployment, trigger=Trigger.SCHEDULED))
+        if claimed:
+            runs.append(
+                VerificationRun.objects.create(
+                    job=job, trigger=Trigger.SCHEDULED, base_url=job.effective_base_url.rstrip("/")
+                )
+            )
     return runs
 
 
-def prune_runs(*, keep: int | None = None, team=None) -> int:
+def prune_runs(*, keep: int | None = None, team: Team | None = None) -> int:
     """Delete finished runs beyond the newest `keep` of each job; return how many were deleted."""
     keep = settings.CONSOLE_RUNS_KEPT if keep is None else keep
     jobs = VerificationJob.objects.all()
@@ -379,38 +410,43 @@ def prune_runs(*, keep: int | None = None, team=None) -> int:
     return deleted
 
 
-def run_as_json(run: VerificationRun) -> dict:
-    """Return the run as `manage.py verify --json` prints it (a contract)."""
-    checks = [
-        CheckOutcome(
-            check_id=r.check_id,
-            method=r.method,
-            url=r.url,
-            expected=r.expected,
-            expected_upstream=r.expected_upstream,
-            passed=r.passed,
-            status_code=r.status_code,
-            latency_ms=r.latency_ms,
-            observed_upstream=r.observed_upstream,
-            diagnosis=r.diagnosis,
-        ).as_json()
-        for r in run.results.all()
-    ]
+# --- reading runs ---------------------------------------------------------------------------
+
+
+def _outcome(result: CheckResult) -> CheckOutcome:
+    """Return a stored result as the outcome it was (for its JSON and its words)."""
+    values = {name: getattr(result, name) for name in STORED_FIELDS}
+    for name in ("diagnosis_params", "warning_params", "details"):
+        values[name] = values[name] or {}
+    return CheckOutcome(**values)
+
+
+def _check_json(result: CheckResult) -> dict[str, Any]:
+    data = _outcome(result).as_json()
+    # A row stored before diagnoses were codes keeps its own words.
+    data["diagnosis"] = dx.render_result_diagnosis(result)
+    return data
+
+
+def run_as_json(run: VerificationRun) -> dict[str, Any]:
+    """Return the run as `manage.py verify --json` prints it (a contract), words translated."""
     return {
         "deployment": run.job.deployment.slug,
         "run": run.pk,
         "status": run.status,
         "duration_ms": run.duration_ms,
-        "checks": checks,
+        "causes": [
+            {k: c[k] for k in ("code", "upstream", "checks", "diagnosis")}
+            for c in causes.render_causes(run)
+        ],
+        "checks": [_check_json(r) for r in run.results.all()],
     }
 
 
-def progress(run: VerificationRun) -> dict:
-    """Return the small JSON the verify page polls: status, checks done and their results."""
-    if run.status in (Status.QUEUED, Status.RUNNING):
-        mark_stale_runs()
-        run.refresh_from_db()
+def progress(run: VerificationRun) -> dict[str, Any]:
+    """Return the small JSON the verify page polls: status, checks done, results and causes."""
     results = list(run.results.all())
+    mode = run.job.deployment.mode
     total = len(planned_checks(run.job)) if run.status not in FINISHED else len(results)
     return {
         "id": run.pk,
@@ -421,134 +457,29 @@ def progress(run: VerificationRun) -> dict:
         "total": max(total, len(results)),
         "duration_ms": run.duration_ms,
         "error": run.error,
+        "causes": causes.render_causes(run) if run.status in FINISHED else [],
         "results": [
             {
                 "id": r.check_id,
-                "label": str(CHECKS[r.check_id].label) if r.check_id in CHECKS else r.check_id,
+                "label": check_label(r.check_id),
                 "method": r.method,
                 "url": r.url,
-                "expected": r.expected,
+                "expected": expected_label(r.check_id, mode, stored=r.expected),
                 "status_code": r.status_code,
                 "expected_upstream": r.expected_upstream,
                 "observed_upstream": r.observed_upstream,
                 "latency_ms": r.latency_ms,
                 "passed": r.passed,
                 "skipped": bool((r.details or {}).get("skipped")),
-                "diagnosis": r.diagnosis,
+                "diagnosis": dx.render_result_diagnosis(r),
+                "warning": dx.render_result_warning(r),
             }
             for r in results
         ],
     }
 
 
-# --- single-key probes ----------------------------------------------------------------------
-
-# Each role's probes: the positive one first, then the negative one (reference 1.3, 1.4, 2.2).
-KEY_PROBES = {
-    keyring.CPA_API: ("api_models", "management_refuses_api_key"),
-    keyring.CPAMP_ADMIN: ("management_config", "api_refuses_admin_key"),
-    keyring.CPA_MANAGEMENT: ("cpa_direct",),
-}
-
-
-@dataclass
-class KeyProbe:
-    """The outcome of "Test this key": ok is None when the key could not be tried."""
-
-    key_id: int
-    ok: bool | None
-    detail: str
-    outcomes: list[CheckOutcome] = field(default_factory=list)
-
-
-def probe_key(*, key: Key, actor=None) -> KeyProbe:
-    """Run the role's positive and negative probes with this key; record the outcome on it.
-
-    The key is sent only to an origin an owner confirmed; otherwise nothing is sent.
-    """
-    deployment = key.deployment
-    job = job_for(deployment)
-    refused = _origin_problem(job.effective_base_url)
-    if refused:
-        return _finish_probe(key, actor, None, refused, [])
-    confirmed = destinations.confirmed_origins(deployment)
-    base = job.effective_base_url
-    for check_id in KEY_PROBES.get(key.role, ()):
-        if check_id == "cpa_direct":
-            url, host = deployment.cpamp_cpa_url, ""
-        else:
-            url, host = base, destinations.host_header(base, deployment.server_name)
-        origin = destinations.destination_of(url, host)
-        if url and origin not in confirmed:
-            return _finish_probe(key, actor, None, destinations.withheld_message(origin), [])
-    try:
-        secret = key.reveal()
-    except keyring.DecryptionError:
-        return _finish_probe(
-            key, actor, None, _("The key cannot be decrypted with the configured keys."), []
-        )
-    stored = load_keys(deployment, prefer=key)
-    keys = {key.role: secret}
-    # The other role of a pair is needed for nothing else: each probe sends only this key.
-    ctx = build_context(
-        deployment,
-        base_url=job.effective_base_url,
-        verify_tls=job.verify_tls,
-        timeout=float(job.timeout_seconds or 10.0),
-        keys=keys,
-        secrets=[secret, *stored.secrets],
-        key_origins=confirmed,
-    )
-    plan = [
-        CHECKS[check_id]
-        for check_id in KEY_PROBES.get(key.role, ())
-        if not (check_id == "cpa_direct" and not deployment.cpamp_cpa_url)
-    ]
-    outcomes = run_checks(ctx, plan)
-    skipped = [o for o in outcomes if o.details.get("skipped")]
-    if not outcomes or len(skipped) == len(outcomes):
-        ok = None
-        detail = (
-            skipped[0].diagnosis
-            if skipped
-            else _("No probe applies to this key (set the deployment's CPA URL).")
-        )
-    else:
-        ok = all(o.passed for o in outcomes if not o.details.get("skipped"))
-        lines = []
-        for o in outcomes:
-            mark = _("passed") if o.passed else _("failed")
-            lines.append(f"{o.check_id}: {mark} ({o.status_code or '-'})")
-            if o.diagnosis and not o.passed:
-                lines.append(o.diagnosis)
-        detail = "\n".join(lines)
-    return _finish_probe(key, actor, ok, ctx.redact(detail), outcomes)
-
-
-def _finish_probe(key: Key, actor, ok: bool | None, detail: str, outcomes) -> KeyProbe:
-    now = timezone.now()
-    Key.objects.filter(pk=key.pk).update(
-        last_validated_at=now, last_validation_ok=ok, last_validation_detail=detail[:2000]
-    )
-    key.last_validated_at, key.last_validation_ok, key.last_validation_detail = now, ok, detail
-    audit.record(
-        action="key.test",
-        actor=actor,
-        team=key.deployment.team_id,
-        obj=key,
-        object_repr=f"{key.deployment.slug} {key.get_role_display()} {key.masked}",
-        changes={
-            "result": {True: "passed", False: "failed", None: "not tried"}[ok],
-            "checks": {o.check_id: o.passed for o in outcomes},
-        },
-    )
-    return KeyProbe(key_id=key.pk, ok=ok, detail=detail, outcomes=outcomes)
-
-
-# --- admin helpers --------------------------------------------------------------------------
-
-
-def annotate_last_run(queryset: QuerySet) -> QuerySet:
+def annotate_last_run(queryset: QuerySet[Deployment]) -> QuerySet[Deployment]:
     """Annotate deployments with last_run_status and last_run_at (for the changelist)."""
     latest = VerificationRun.objects.filter(job__deployment=OuterRef("pk")).order_by(
         "-created_at", "-id"
@@ -570,9 +501,100 @@ def recent_runs(deployment: Deployment, *, limit: int = 10) -> list[Verification
     )
 
 
-def recent_runs_html(deployment: Deployment, *, limit: int = 10) -> SafeString:
-    """Return the deployment page's strip of recent runs (autoescaped template)."""
-    return render_to_string(
-        "admin/routes/verification/recent_runs.html",
-        {"deployment": deployment, "runs": recent_runs(deployment, limit=limit)},
+# --- single-key probes ----------------------------------------------------------------------
+
+
+@dataclass
+class KeyProbe:
+    """The outcome of "Test this key": ok is None when the key could not be tried."""
+
+    key_id: int
+    ok: bool | None
+    detail: str
+    outcomes: list[CheckOutcome] = field(default_factory=list)
+
+
+def _unsent_reason(key: Key, job: VerificationJob, plan: list[Check]) -> str:
+    """Return why key may not be sent for its probes (base URL, unconfirmed origin), or ""."""
+    refused = _origin_problem(job.effective_base_url)
+    if refused:
+        return refused
+    confirmed = destinations.confirmed_origins(key.deployment)
+    for check in plan:
+        origin = check.target.destination(
+            deployment=key.deployment, base_url=job.effective_base_url
+        )
+        if origin not in confirmed:
+            return destinations.withheld_message(origin)
+    return ""
+
+
+def _summary(outcomes: list[CheckOutcome]) -> tuple[bool | None, str]:
+    """Return (ok, detail) of a key's probes: ok is None when none was tried."""
+    skipped = [o for o in outcomes if o.details.get("skipped")]
+    if not outcomes or len(skipped) == len(outcomes):
+        if skipped:
+            return None, skipped[0].diagnosis or skipped[0].warning
+        return None, _("No probe applies to this key (set the deployment's CPA URL).")
+    lines = []
+    for o in outcomes:
+        mark = _("passed") if o.passed else _("failed")
+        lines.append(f"{o.check_id}: {mark} ({o.status_code or '-'})")
+        if o.diagnosis and not o.passed:
+            lines.append(o.diagnosis)
+    return all(o.passed for o in outcomes if not o.details.get("skipped")), "\n".join(lines)
+
+
+def probe_key(*, key: Key) -> KeyProbe:
+    """Run the role's positive and negative probes with this key; record the outcome on it.
+
+    The key is sent only to an origin an owner confirmed; otherwise nothing is sent. The test
+    is recorded as the acting user's.
+    """
+    deployment = key.deployment
+    job = job_for(deployment)
+    plan = key_probes(deployment, key.role)
+    unsent = _unsent_reason(key, job, plan)
+    if unsent:
+        return _finish_probe(key, None, unsent, [])
+    try:
+        secret = key.reveal()
+    except keyring.DecryptionError:
+        return _finish_probe(
+            key, None, _("The key cannot be decrypted with the configured keys."), []
+        )
+    stored = load_keys(deployment, prefer=key)
+    # The other role of a pair is needed for nothing else: each probe sends only this key.
+    ctx = build_context(
+        deployment,
+        base_url=job.effective_base_url,
+        verify_tls=job.verify_tls,
+        timeout=_timeout(job),
+        keys={key.role: secret},
+        secrets=[secret, *stored.secrets],
+        key_origins=destinations.confirmed_origins(deployment),
+        # The other roles' keys only tell a key of the wrong type; none of them is sent.
+        key_sets={**stored.sets, key.role: [StoredKey(display=key_display(key), secret=secret)]},
     )
+    outcomes = run_checks(ctx, plan)
+    ok, detail = _summary(outcomes)
+    return _finish_probe(key, ok, ctx.redact(detail), outcomes)
+
+
+def _finish_probe(key: Key, ok: bool | None, detail: str, outcomes: list[CheckOutcome]) -> KeyProbe:
+    now = timezone.now()
+    Key.objects.filter(pk=key.pk).update(
+        last_validated_at=now, last_validation_ok=ok, last_validation_detail=detail[:2000]
+    )
+    key.last_validated_at, key.last_validation_ok, key.last_validation_detail = now, ok, detail
+    audit.record(
+        action="key.test",
+        team=key.deployment.team_id,
+        obj=key,
+        object_repr=f"{key.deployment.slug} {key.get_role_display()} {key.masked}",
+        changes={
+            "result": {True: "passed", False: "failed", None: "not tried"}[ok],
+            "checks": {o.check_id: o.passed for o in outcomes},
+        },
+    )
+    return KeyProbe(key_id=key.pk, ok=ok, detail=detail, outcomes=outcomes)

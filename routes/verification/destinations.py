@@ -6,12 +6,13 @@ Management Key there). Only a user who may ``SET_KEY_DESTINATION`` (an owner, wi
 when the team requires it) sets or changes them. Anyone else's edit that moves the derived base
 URL (server name, ports, HTTPS) leaves the new origin unconfirmed: checks then run without keys
 until an owner confirms it. Commands are run by whoever holds the server and its encryption keys,
-so ``actor=None`` counts as an owner.
+so a command (no acting user, routes.context) counts as an owner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -22,8 +23,14 @@ from django.utils.translation import gettext_lazy as _
 
 from routes import audit
 from routes import validators as v
+from routes.context import current, current_actor
 from routes.models import DOCKER_PRESET, HOST_PRESET, Deployment, VerificationJob
 from routes.permissions import Action, can
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+    from routes.permissions import AnyUser
 
 CONFIRM_ACTION = "deployment.confirm_destination"
 # Deployment fields that name a key destination, and the job's.
@@ -111,14 +118,23 @@ def unconfirmed_origins(deployment: Deployment, *, job: VerificationJob | None =
     return [o for o in key_origins(deployment, job=job) if o not in confirmed]
 
 
-def may_set_destination(user, team_id: int | None) -> bool:
+def may_set_destination(user: AnyUser | None, team_id: int | None) -> bool:
     """Return True when user (None: a command) may set where the team's keys are sent."""
     if user is None:
         return True
     return can(user, Action.SET_KEY_DESTINATION, team_id)
 
 
-def refusal(*, team_slug: str, field_label=None) -> ValidationError:
+def _acting_may_set(team_id: int | None) -> bool:
+    """Return True when whoever is acting now may set where the team's keys are sent."""
+    actor = current_actor()
+    if actor is None and current().user is not None:
+        # A request whose user is not signed in is nobody, not a command: never an owner.
+        return False
+    return may_set_destination(actor, team_id)
+
+
+def refusal(*, team_slug: str, field_label: StrOrPromise | None = None) -> ValidationError:
     """Return the error a non-owner gets for a field that decides where keys are sent."""
     if field_label is None:
         return ValidationError(
@@ -141,7 +157,7 @@ def refusal(*, team_slug: str, field_label=None) -> ValidationError:
 
 def refused_fields(
     *,
-    user,
+    user: AnyUser | None,
     team_ids: Iterable[int | None],
     submitted: dict[str, str],
     stored: dict[str, str] | None,
@@ -164,13 +180,11 @@ def refused_fields(
     return refused
 
 
-def _write(
-    *, deployment: Deployment, origins: list[str], actor, ip: str | None, how: str
-) -> list[str]:
-    """Store origins as the confirmed destinations and record it; return them."""
+def _write(*, deployment: Deployment, origins: list[str], how: str) -> list[str]:
+    """Store origins as the acting user's confirmed destinations and record it; return them."""
     before = sorted(confirmed_origins(deployment))
     now = timezone.now()
-    by = actor if getattr(actor, "is_authenticated", False) else None
+    by = current_actor()
     Deployment.objects.filter(pk=deployment.pk).update(
         keys_confirmed_origins=origins, keys_confirmed_at=now, keys_confirmed_by=by
     )
@@ -179,11 +193,9 @@ def _write(
     deployment.keys_confirmed_by = by
     audit.record(
         action=CONFIRM_ACTION,
-        actor=actor,
         team=deployment.team_id,
         obj=deployment,
         changes={"origins": [before, origins], "how": how},
-        ip=ip,
     )
     return origins
 
@@ -191,15 +203,14 @@ def _write(
 def confirm_destination(
     *,
     deployment: Deployment,
-    actor=None,
-    ip: str | None = None,
     expected: Iterable[str] | None = None,
 ) -> list[str]:
     """Confirm every origin keys go to now; return them. Refused to anyone but an owner.
 
-    expected: the origins the owner was shown; when they moved meanwhile, ValidationError.
+    The acting user (routes.context) confirms. expected: the origins the owner was shown; when
+    they moved meanwhile, ValidationError.
     """
-    if not may_set_destination(actor, deployment.team_id):
+    if not _acting_may_set(deployment.team_id):
         raise PermissionDenied
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
@@ -213,7 +224,7 @@ def confirm_destination(
                 code="moved",
                 params={"origins": ", ".join(origins) or "—"},
             )
-        _write(deployment=locked, origins=origins, actor=actor, ip=ip, how="confirm")
+        _write(deployment=locked, origins=origins, how="confirm")
     for name in Deployment.CONFIRMATION_FIELDS:
         setattr(deployment, name, getattr(locked, name))
     return origins
@@ -223,11 +234,9 @@ def confirm_own_change(
     *,
     deployment: Deployment,
     before: Iterable[str],
-    actor=None,
-    ip: str | None = None,
     how: str = "save",
 ) -> list[str]:
-    """After an owner's save: confirm the origins that save introduced; return what is left.
+    """After the acting user's save: confirm the origins it introduced if they are an owner.
 
     before: key_origins() ahead of the save. Origins that were already there keep their state,
     so an owner who saves an unrelated field does not silently confirm someone else's change.
@@ -235,12 +244,12 @@ def confirm_own_change(
     """
     deployment.refresh_from_db(fields=list(Deployment.CONFIRMATION_FIELDS))
     now_origins = key_origins(deployment)
-    if may_set_destination(actor, deployment.team_id):
+    if _acting_may_set(deployment.team_id):
         confirmed = confirmed_origins(deployment)
-        before = set(before)
-        wanted = sorted(o for o in now_origins if o in confirmed or o not in before)
+        earlier = set(before)
+        wanted = sorted(o for o in now_origins if o in confirmed or o not in earlier)
         if set(wanted) - confirmed:
-            _write(deployment=deployment, origins=wanted, actor=actor, ip=ip, how=how)
+            _write(deployment=deployment, origins=wanted, how=how)
     return unconfirmed_origins(deployment)
 
 
