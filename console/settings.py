@@ -249,7 +249,8 @@ CONSOLE_RUNS_KEPT = env.int("CONSOLE_RUNS_KEPT", default=50)
 # fd00:ec2::254) are refused: a check sent there reads the host's instance credentials. Turn this
 # on only for a deployment that really is reached through such an address.
 CONSOLE_ALLOW_LINK_LOCAL = env.bool("CONSOLE_ALLOW_LINK_LOCAL", default=False)
-# Parallel requests in one verification run.
+# At least this many parallel requests in one verification run (a run always gets one per planned
+# check, so its checks go out in one wave).
 CONSOLE_VERIFY_POOL = env.int("CONSOLE_VERIFY_POOL", default=8)
 # Grace in seconds past a run's own deadline (when its checks have ended at the latest:
 # routes.verification.runner.run_budget, stored when a worker claims it) after which a run still

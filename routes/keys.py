@@ -12,9 +12,11 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
 
 CPAMP_ADMIN = "cpamp_admin"
@@ -93,6 +95,22 @@ def is_current(token: str) -> bool:
     except (InvalidToken, ValueError):
         return False
     return True
+
+
+def rotate_stored(queryset: QuerySet[Any], *, pk: int, field: str, token: str) -> str:
+    """Re-encrypt one stored token under the primary key; return what happened to it.
+
+    "current" (nothing to do), "rotated", "changed" (replaced meanwhile: the conditional update
+    keeps the newer value, already under the primary key) or "undecryptable" (left untouched).
+    """
+    if is_current(token):
+        return "current"
+    try:
+        fresh = reencrypt(token)
+    except DecryptionError:
+        return "undecryptable"
+    updated = queryset.filter(pk=pk, **{field: token}).update(**{field: fresh})
+    return "rotated" if updated else "changed"
 
 
 def fingerprint(secret: str) -> str:

@@ -158,3 +158,19 @@ def test_the_run_is_audited_without_secrets(settings, stored_keys):
     for secret in stored_keys.values():
         assert secret not in dump
     assert OLD not in dump and NEW not in dump
+
+
+def test_it_re_encrypts_notification_channel_targets_too(settings, team):
+    from routes.alerts.channels import create_channel
+    from routes.alerts.models import NotificationChannel
+
+    target = "https://hooks.example.com/console/T0ken-rotation-secret"
+    settings.CONSOLE_ENCRYPTION_KEYS = [OLD]
+    channel = create_channel(team=team, kind="webhook", target=target, name="ops hook")
+    settings.CONSOLE_ENCRYPTION_KEYS = [NEW, OLD]
+    report = rotate()
+    assert report["channels_rotated"] == 1
+    # With the old key dropped, the target still decrypts.
+    settings.CONSOLE_ENCRYPTION_KEYS = [NEW]
+    assert NotificationChannel.objects.get(pk=channel.pk).reveal_target() == target
+    assert rotate()["channels_rotated"] == 0

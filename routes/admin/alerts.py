@@ -25,6 +25,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from routes import tasks
+from routes.admin.bulk import refuse_any
 from routes.admin.options import (
     ScopedAdmin,
     SecretFormsAdmin,
@@ -269,13 +270,8 @@ class NotificationChannelAdmin(SecretFormsAdmin):
         """Queue a test notification to each selected channel the user may test."""
         chosen = list(queryset.select_related("team"))
         refused = [c.name for c in chosen if not can(request.user, Action.VERIFY, c.team_id)]
-        if refused:
-            self.message_user(
-                request,
-                gettext("You may not test %(channels)s; nothing was sent.")
-                % {"channels": ", ".join(refused)},
-                messages.ERROR,
-            )
+        message = gettext("You may not test %(channels)s; nothing was sent.")
+        if refuse_any(self, request, refused, message=message, key="channels"):
             return
         for channel in chosen:
             tasks.queue_delivery(events.create_test_delivery(channel=channel).pk)

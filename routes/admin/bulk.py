@@ -64,6 +64,21 @@ class ActionSelectionMiddleware:
         return None
 
 
+def refuse_any(
+    modeladmin: admin.ModelAdmin[Any],
+    request: HttpRequest,
+    refused: Sequence[str],
+    *,
+    message: StrOrPromise,
+    key: str,
+) -> bool:
+    """Return True (and tell the user, naming them under %(key)s) when anything was refused."""
+    if not refused:
+        return False
+    modeladmin.message_user(request, message % {key: ", ".join(refused)}, messages.ERROR)
+    return True
+
+
 def may_act_on(
     modeladmin: admin.ModelAdmin[Any],
     request: HttpRequest,
@@ -81,9 +96,4 @@ def may_act_on(
         modeladmin.message_user(request, gettext("No deployment selected."), messages.WARNING)
         return False
     refused = refused_slugs(request.user, action, deployments)
-    if refused:
-        modeladmin.message_user(
-            request, refused_message % {"slugs": ", ".join(refused)}, messages.ERROR
-        )
-        return False
-    return True
+    return not refuse_any(modeladmin, request, refused, message=refused_message, key="slugs")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import PAGE_VAR
@@ -29,7 +29,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
-from routes.admin.bulk import valid_pk
+from routes.admin.bulk import refuse_any, valid_pk
 from routes.models import AuditEvent, Deployment
 from routes.permissions import Action, can, can_somewhere, require, teams_where
 
@@ -302,12 +302,7 @@ def delete_selected(
 ) -> HttpResponse | None:
     """Django's delete_selected, refused unless the user may delete every selected object."""
     refused = [str(obj) for obj in queryset if not modeladmin.has_delete_permission(request, obj)]
-    if refused:
-        modeladmin.message_user(
-            request,
-            gettext("You may not delete %(objects)s; nothing was deleted.")
-            % {"objects": ", ".join(refused)},
-            messages.ERROR,
-        )
+    message = gettext("You may not delete %(objects)s; nothing was deleted.")
+    if refuse_any(modeladmin, request, refused, message=message, key="objects"):
         return None
     return django_delete_selected(modeladmin, request, queryset)

@@ -339,16 +339,9 @@ def reencrypt_targets() -> int:
     For ``rotate_encryption_key``: a target under a key about to be dropped would become
     unreadable. Targets that no configured key decrypts are left as they are.
     """
-    changed = 0
-    for pk, token in NotificationChannel.objects.values_list("pk", "target_ciphertext"):
-        if keyring.is_current(token):
-            continue
-        try:
-            fresh = keyring.reencrypt(token)
-        except keyring.DecryptionError:
-            continue
-        # Conditional: a target replaced meanwhile keeps its new value.
-        changed += NotificationChannel.objects.filter(pk=pk, target_ciphertext=token).update(
-            target_ciphertext=fresh
-        )
-    return changed
+    channels = NotificationChannel.objects.all()
+    outcomes = [
+        keyring.rotate_stored(channels, pk=pk, field="target_ciphertext", token=token)
+        for pk, token in channels.values_list("pk", "target_ciphertext")
+    ]
+    return outcomes.count("rotated")

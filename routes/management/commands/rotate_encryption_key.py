@@ -13,6 +13,7 @@ from django.db import transaction
 
 from routes import audit
 from routes import keys as keyring
+from routes.alerts.channels import reencrypt_targets
 from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
 from routes.models import Key, Team
 
@@ -40,6 +41,7 @@ class RotationReport:
     already_current: int = 0
     changed_meanwhile: int = 0
     undecryptable: list[dict[str, Any]] = field(default_factory=list)
+    channels_rotated: int = 0
 
 
 def check_configured_keys() -> None:
@@ -77,23 +79,21 @@ def rotate_keys(*, batch_size: int = 100, team: Team | None = None) -> RotationR
         with transaction.atomic():
             for pk, token, slug, role in batch:
                 report.total += 1
-                if keyring.is_current(token):
+                outcome = keyring.rotate_stored(keys, pk=pk, field="ciphertext", token=token)
+                if outcome == "current":
                     report.already_current += 1
-                    continue
-                try:
-                    fresh = keyring.reencrypt(token)
-                except keyring.DecryptionError:
+                elif outcome == "rotated":
+                    report.rotated += 1
+                elif outcome == "changed":
+                    report.changed_meanwhile += 1
+                else:
                     # Left untouched: perhaps the key that decrypts it is not configured yet.
                     report.undecryptable.append({"id": pk, "deployment": slug, "role": role})
-                    continue
-                # Written only if nobody replaced the secret since we read it; a secret set
-                # meanwhile was encrypted under the primary key already.
-                updated = Key.objects.filter(pk=pk, ciphertext=token).update(ciphertext=fresh)
-                if updated:
-                    report.rotated += 1
-                else:
-                    report.changed_meanwhile += 1
         last_pk = batch[-1][0]
+    if team is None:
+        # Channel targets are encrypted like keys (their URLs carry tokens): dropping the old
+        # encryption key must not leave them unreadable.
+        report.channels_rotated = reencrypt_targets()
     return report
 
 
@@ -133,6 +133,7 @@ class Command(ConsoleCommand):
                 "already_current": report.already_current,
                 "changed_meanwhile": report.changed_meanwhile,
                 "undecryptable": len(report.undecryptable),
+                "channels_rotated": report.channels_rotated,
             },
         )
         if options["json"]:
@@ -141,7 +142,8 @@ class Command(ConsoleCommand):
             self.stdout.write(
                 f"Keys examined: {report.total}; re-encrypted: {report.rotated}; already under "
                 f"the primary key: {report.already_current}; changed meanwhile (skipped): "
-                f"{report.changed_meanwhile}; undecryptable: {len(report.undecryptable)}."
+                f"{report.changed_meanwhile}; undecryptable: {len(report.undecryptable)}; "
+                f"notification channel targets re-encrypted: {report.channels_rotated}."
             )
             for row in report.undecryptable:
                 self.stdout.write(
