@@ -11,6 +11,8 @@ import email
 import io
 import json
 import logging
+import re
+import shlex
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -690,6 +693,28 @@ def test_add_channel_refuses_a_name_the_team_has(monkeypatch, team):
 def test_add_channel_takes_no_target_on_the_command_line(monkeypatch, team):
     with pytest.raises(CommandError, match="unrecognized arguments"):
         add_channel(monkeypatch, "", "ops", "email", "oncall@example.com")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_channel_examples() -> list[tuple[str, list[str]]]:
+    """Return (stdin, arguments) of each `echo ... | ... add_channel ...` line of the README."""
+    found = []
+    for line in README.read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r'echo "([^"]+)" \| \S+ manage\.py add_channel (.+)', line.strip())
+        if match:
+            found.append((match[1], shlex.split(match[2])))
+    return found
+
+
+@pytest.mark.django_db
+def test_the_readmes_add_channel_examples_work(monkeypatch, deployment):
+    examples = readme_channel_examples()
+    assert {args[1] for _stdin, args in examples} == {"email", "webhook", "apprise"}
+    for stdin, args in examples:
+        channel_id = add_channel(monkeypatch, stdin, *args).strip()
+        assert NotificationChannel.objects.get(pk=int(channel_id)).kind == args[1]
 
 
 @pytest.mark.django_db

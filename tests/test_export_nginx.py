@@ -265,7 +265,7 @@ def test_the_command_writes_to_the_configured_directory_by_default(deployment, t
 
 
 def test_the_command_names_unknown_slugs(deployment, tmp_path):
-    with pytest.raises(CommandError, match="Unknown deployment: missing, nope"):
+    with pytest.raises(CommandError, match="no deployment nope, missing"):
         export("prod", "nope", "missing", "--output-dir", str(tmp_path))
     assert not any(tmp_path.iterdir())
 
@@ -290,7 +290,7 @@ def test_a_command_error_exits_non_zero_with_the_message(deployment, capsys):
     with pytest.raises(SystemExit) as exited:
         Command().run_from_argv(["manage.py", "export_nginx", "nope"])
     assert exited.value.code == 1
-    assert "Unknown deployment: nope" in capsys.readouterr().err
+    assert "no deployment nope." in capsys.readouterr().err
 
 
 def test_the_command_prints_to_stdout_without_writing(deployment, tmp_path, settings):

@@ -11,8 +11,8 @@ from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
 from routes.alerts.channels import KINDS, create_channel
-from routes.management.base import ConsoleCommand
-from routes.models import Deployment, Team
+from routes.management.base import ConsoleCommand, named_deployments
+from routes.models import Team
 
 # How the command's user knows each field of the channel.
 FIELD_NAMES = {
@@ -53,7 +53,7 @@ class Command(ConsoleCommand):
             raise CommandError(
                 _("TEAM_SLUG: no team with slug %(slug)s.") % {"slug": repr(options["team"])}
             )
-        deployments = self._deployments(team, options["deployments"])
+        deployments = named_deployments(options["deployments"], team=team, option="--deployment")
         target = self._read_target()
         if not target:
             raise CommandError(_("target: nothing was read from stdin."))
@@ -75,16 +75,6 @@ class Command(ConsoleCommand):
                 )
             ) from None
         self.stdout.write(str(channel.pk))
-
-    def _deployments(self, team: Team, slugs: list[str]) -> list[Deployment]:
-        found = {d.slug: d for d in Deployment.objects.filter(team=team, slug__in=slugs)}
-        missing = [s for s in dict.fromkeys(slugs) if s not in found]
-        if missing:
-            raise CommandError(
-                _("--deployment: no deployment %(slugs)s in team %(team)s.")
-                % {"slugs": ", ".join(missing), "team": team.slug}
-            )
-        return [found[s] for s in dict.fromkeys(slugs)]
 
     def _read_target(self) -> str:
         if sys.stdin.isatty():

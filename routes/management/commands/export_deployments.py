@@ -10,7 +10,12 @@ from django.utils.translation import gettext as _
 
 from routes import portable
 from routes.files import atomic_write
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
+from routes.management.base import (
+    ConsoleCommand,
+    add_team_argument,
+    named_deployments,
+    resolve_team,
+)
 from routes.models import Deployment
 
 
@@ -25,23 +30,13 @@ class Command(ConsoleCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        deployments = Deployment.objects.all()
         team = resolve_team(options["team"])
-        if team is not None:
-            deployments = deployments.filter(team=team)
-        slugs = options["slugs"]
-        if slugs:
-            found = set(deployments.filter(slug__in=slugs).values_list("slug", flat=True))
-            missing = [slug for slug in slugs if slug not in found]
-            if missing:
-                message = (
-                    _("no deployment %(slugs)s in team %(team)s.")
-                    if team is not None
-                    else _("no deployment %(slugs)s.")
-                )
-                raise CommandError(message % {"slugs": ", ".join(missing), "team": options["team"]})
-            deployments = deployments.filter(slug__in=slugs)
-        payload = portable.export_definitions(deployments=list(deployments))
+        if options["slugs"]:
+            deployments = named_deployments(options["slugs"], team=team)
+        else:
+            queryset = Deployment.objects.all()
+            deployments = list(queryset if team is None else queryset.filter(team=team))
+        payload = portable.export_definitions(deployments=deployments)
         text = portable.dump_payload(payload)
         output = options["output"]
         if not output:

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
+from routes.management.base import ConsoleCommand, add_selection_arguments, selected_deployments
 from routes.models import Deployment, Team
 from routes.nginx.export import (
     ExportError,
@@ -29,11 +29,7 @@ class Command(ConsoleCommand):
     help = "Write the nginx configs of deployments into a directory (like conf.d) or to stdout."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployments to export.")
-        parser.add_argument(
-            "--all", action="store_true", help="Export every deployment (of --team, if given)."
-        )
-        add_team_argument(parser, help_text="With --all: only this team's.")
+        add_selection_arguments(parser, verb="export")
         parser.add_argument(
             "--output-dir",
             metavar="DIR",
@@ -105,30 +101,14 @@ class Command(ConsoleCommand):
             self.stdout.write(_("nginx -t: ok. %(output)s") % {"output": result.check.output})
 
     def _select(self, options: dict[str, Any]) -> tuple[list[Deployment], Team | None]:
-        slugs, everything, team_slug = options["slugs"], options["all"], options["team"]
-        if everything and slugs:
-            raise CommandError(_("Give deployment slugs or --all, not both."))
-        if not everything and not slugs:
-            raise CommandError(_("Give one or more deployment slugs, or --all."))
-        if team_slug and not everything:
-            raise CommandError(_("--team only works with --all."))
         if options["to_stdout"] and options["compose"]:
             raise CommandError(_("--compose writes files; it cannot be combined with --stdout."))
         if options["to_stdout"] and options["output_dir"]:
             raise CommandError(
                 _("--stdout prints the files; it cannot be combined with --output-dir.")
             )
-        queryset = Deployment.objects.order_by("slug")
-        if everything:
-            team = resolve_team(team_slug)
-            if team is not None:
-                queryset = queryset.filter(team=team)
-            return prepared(queryset), team
-        found = prepared(queryset.filter(slug__in=slugs))
-        missing = sorted(set(slugs) - {d.slug for d in found})
-        if missing:
-            raise CommandError(_("Unknown deployment: %(slugs)s") % {"slugs": ", ".join(missing)})
-        return found, None
+        deployments, team = selected_deployments(options)
+        return prepared(deployments), team
 
     def _warn(self, warnings: list[tuple[str, LintWarning]]) -> None:
         for slug, warning in warnings:
