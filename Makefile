@@ -27,15 +27,17 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 migrate: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input -v0
 
-## make run: install, migrate, create the first admin, start gunicorn and the task worker.
+## make run: install, migrate, create the first admin, start gunicorn, the task workers and
+## the scheduler (which queues the scheduled verification runs).
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py collectstatic --no-input -v0
 	$(PY) manage.py compilemessages -v0 --ignore=.venv 2>/dev/null || true
 	$(PY) manage.py ensure_superuser
-	@echo "Console: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the console and the worker)"
+	@echo "Console: http://$(HOST):$(PORT)/admin/  (Ctrl-C stops the console, the workers and the scheduler)"
 	@trap 'kill 0' INT TERM EXIT; \
 	for i in $$(seq $(WORKERS)); do $(PY) manage.py db_worker --no-reload --interval 1 & done; \
+	$(PY) manage.py run_scheduler & \
 	$(VENV)/bin/gunicorn console.wsgi:application --bind $(HOST):$(PORT) --workers 2 \
 		--access-logfile - --forwarded-allow-ips 127.0.0.1
 

@@ -1,7 +1,9 @@
 """Run every benchmark in bench/ in turn and print their figures.
 
 bench_export_check.py (export_nginx --all --check at 5,000 deployments) takes about half a
-minute; set BENCH_SKIP_EXPORT_CHECK=1 to skip it.
+minute; set BENCH_SKIP_EXPORT_CHECK=1 to skip it. bench_scale.py (the dashboard and the lists at
+10,000 deployments with 1,000,000 check results) takes a few minutes; set BENCH_SKIP_SCALE=1 to
+skip it, or BENCH_SCALE_DEPLOYMENTS=1000 BENCH_SCALE_RESULTS=100000 for a quick run.
 """
 
 import subprocess

@@ -258,6 +258,23 @@ CONSOLE_VERIFY_POOL = env.int("CONSOLE_VERIFY_POOL", default=8)
 # without a stored deadline counts from its start.
 CONSOLE_RUN_STALE_AFTER = env.int("CONSOLE_RUN_STALE_AFTER", default=60)
 
+# --- Apply (routes/nginx/apply.py, `manage.py apply_nginx`) --------------------------------
+# The directory the live nginx includes (e.g. /etc/nginx/conf.d for `include conf.d/*.conf;`):
+# apply writes there, tests the live configuration, reloads it, and restores it on failure.
+CONSOLE_NGINX_DIR = Path(env("CONSOLE_NGINX_DIR", default=str(CONSOLE_EXPORT_DIR)))
+# The commands that test and reload the live nginx, split like a shell would (shlex) but run
+# without one, e.g. `docker exec cpa-nginx nginx -t` for nginx in a container.
+CONSOLE_NGINX_TEST_CMD = env("CONSOLE_NGINX_TEST_CMD", default="nginx -t")
+CONSOLE_NGINX_RELOAD_CMD = env("CONSOLE_NGINX_RELOAD_CMD", default="nginx -s reload")
+# Seconds each of those commands may take before it is stopped.
+CONSOLE_NGINX_COMMAND_TIMEOUT = env.float("CONSOLE_NGINX_COMMAND_TIMEOUT", default=60.0)
+# Seconds after a reload within which every deployment must answer with its new config hash.
+CONSOLE_APPLY_CONFIRM_TIMEOUT = env.float("CONSOLE_APPLY_CONFIRM_TIMEOUT", default=20.0)
+# Seconds an apply waits for another apply or export into the same directory to finish.
+CONSOLE_APPLY_LOCK_TIMEOUT = env.float("CONSOLE_APPLY_LOCK_TIMEOUT", default=30.0)
+# Tests only: stop an apply after this step (e.g. written) until it is killed.
+CONSOLE_APPLY_PAUSE_AT = env("CONSOLE_APPLY_PAUSE_AT", default="")
+
 # --- Notifications (routes/alerts/) ----------------------------------------------------------
 # Email channels go through Django's email backend: EMAIL_URL such as smtp://host:25,
 # smtp+tls://user:password@host:587 or smtp+ssl://…:465; the default prints mail to the console.
@@ -280,9 +297,14 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler"},
         "null": {"class": "logging.NullHandler"},
     },
+    "filters": {
+        "one_line_permission_denied": {"()": "routes.log_filters.OneLinePermissionDenied"},
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # A refused request (403) is one line with its reason, not a traceback.
+        "django.request": {"filters": ["one_line_permission_denied"]},
         # Apprise logs URLs, tokens included: its lines go nowhere, and routes.alerts.deliver
         # keeps its warnings, redacted, with the delivery (its debug lines are never made).
         "apprise": {"handlers": ["null"], "propagate": False, "level": "WARNING"},

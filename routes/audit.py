@@ -8,16 +8,76 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import models
 from django.http import HttpRequest
+from django.utils.translation import gettext_lazy as _
 
 from routes.context import current, current_actor
 from routes.models import AuditEvent, Team
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+    from django_stubs_ext import StrOrPromise
 
 # Field names whose values are never written to the trail.
 SECRET_FIELDS = frozenset({"ciphertext", "secret", "password", "fingerprint"})
 CHANGED = "changed"
+
+# What each action code of the trail reads as; the code stays what is stored and exported.
+ACTION_LABELS: dict[str, StrOrPromise] = {
+    "audit.export": _("Audit trail exported"),
+    "audit.prune": _("Audit trail pruned"),
+    "channel.create": _("Notification channel added"),
+    "channel.change": _("Notification channel changed"),
+    "channel.delete": _("Notification channel deleted"),
+    "channel.test": _("Notification channel tested"),
+    "config.export": _("Nginx config exported"),
+    "config.test": _("Nginx config tested"),
+    "definitions.export": _("Definitions downloaded"),
+    "deployment.create": _("Deployment created"),
+    "deployment.change": _("Deployment changed"),
+    "deployment.delete": _("Deployment deleted"),
+    "deployment.import": _("Deployment imported"),
+    "deployment.confirm_destination": _("Key destination confirmed"),
+    "group.create": _("Group added"),
+    "group.change": _("Group changed"),
+    "group.delete": _("Group deleted"),
+    "key.create": _("Key added"),
+    "key.change": _("Key changed"),
+    "key.rotate": _("Key rotated"),
+    "key.delete": _("Key deleted"),
+    "key.reveal": _("First-setup values revealed"),
+    "key.test": _("Key tested"),
+    "keys.reencrypt": _("Keys re-encrypted"),
+    "login": _("Signed in"),
+    "login.failed": _("Sign-in failed"),
+    "logout": _("Signed out"),
+    "membership.add": _("Member added"),
+    "membership.change": _("Member's role changed"),
+    "membership.remove": _("Member removed"),
+    "nginx.apply": _("Nginx config applied"),
+    "nginx.apply.rollback_failed": _("Nginx apply failed and could not be rolled back"),
+    "otp.enrol": _("Two-factor device enrolled"),
+    "otp.remove": _("Two-factor device removed"),
+    "override.create": _("Route override added"),
+    "override.change": _("Route override changed"),
+    "override.delete": _("Route override deleted"),
+    "team.create": _("Team created"),
+    "team.change": _("Team changed"),
+    "team.delete": _("Team deleted"),
+    "user.create": _("User added"),
+    "user.change": _("User changed"),
+    "user.delete": _("User deleted"),
+    "verification.run": _("Verification run"),
+    "verification.prune": _("Verification history pruned"),
+    "verification_job.create": _("Verification job created"),
+    "verification_job.change": _("Verification job changed"),
+    "verification_job.delete": _("Verification job deleted"),
+}
+
+
+def action_label(action: str) -> str:
+    """Return what action reads as in the user's language; an unknown code reads as itself."""
+    label = ACTION_LABELS.get(action)
+    return str(label) if label is not None else action
 
 
 def _plain(value: Any) -> Any:

@@ -3,13 +3,20 @@
 django-axes counts failed logins per username and client IP together, and per client IP alone;
 django-otp adds an optional TOTP second factor that becomes mandatory for owners of teams with
 ``require_owner_2fa``, and throttles wrong codes per device itself.
+
+The login form asks for the code only of users who have a confirmed device, and only once their
+password is right: the first step takes username and password, and when a code is needed the
+session remembers the user (not the password) for a few minutes while the second step asks for
+the code. A client that sends all three fields at once signs in in one step.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from axes.backends import AxesStandaloneBackend
+from axes.exceptions import AxesBackendPermissionDenied
 from django import forms
 from django.contrib import messages
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -33,6 +40,11 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 USERNAME_MAX = 150
+# The session key of the second login step, and how long the password step stays good.
+PENDING_2FA = "console_login_2fa"
+PENDING_2FA_SECONDS = 300
+# The value of the second step's hidden "step" field.
+OTP_STEP = "otp"
 # The trail's actor for failed logins: whoever typed the password is not known.
 _ANONYMOUS = "anonymous"
 
@@ -62,14 +74,18 @@ def has_confirmed_device(user: User) -> bool:
 
 
 class ConsoleLoginForm(OTPAdminAuthenticationForm):
-    """The admin login form: the OTP token is required only of users with a confirmed device."""
+    """The admin login form: the OTP token is required only of users with a confirmed device.
+
+    ``otp_step`` says whether the page asks for the code (the password step is done) and
+    ``otp_username`` whose code it is.
+    """
 
     otp_token = forms.CharField(
         label=_("Two-factor code"),
         required=False,
         max_length=8,
         widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
-        help_text=_("Only if you enrolled an authenticator app."),
+        help_text=_("The 6-digit code your authenticator app shows now."),
     )
     otp_error_messages = {
         **OTPAdminAuthenticationForm.otp_error_messages,
@@ -80,11 +96,24 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
         "invalid_token": _("The two-factor code is wrong or has expired; try the next code."),
     }
 
+    def __init__(self, request: HttpRequest | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(request, *args, **kwargs)
+        self.otp_step = False
+        self.otp_username = ""
+        # The second step posts the code alone: the password was checked by the first.
+        if self.data.get("step") == OTP_STEP:
+            self.fields["username"].required = False
+            self.fields["password"].required = False
+
     def clean(self) -> dict[str, Any]:
         """Return the cleaned data; the OTP code is checked only for users with a device."""
-        self.cleaned_data = AdminAuthenticationForm.clean(self)
-        user = self.get_user()
+        if self.data.get("step") == OTP_STEP:
+            user = self._pending_user()
+        else:
+            self.cleaned_data = AdminAuthenticationForm.clean(self)
+            user = self.get_user()
         if user is not None and has_confirmed_device(user):
+            self._remember(user)
             try:
                 self.clean_otp(user)
             except forms.ValidationError as error:
@@ -99,7 +128,79 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
                         request=self.request,
                     )
                 raise
+            self._forget()
         return self.cleaned_data
+
+    def shown_errors(self) -> list[str]:
+        """Return the form-wide errors to show; on the code step, "enter the code" is its prompt."""
+        return [
+            message
+            for error in self.non_field_errors().as_data()
+            if not (self.otp_step and error.code == "token_required")
+            for message in error.messages
+        ]
+
+    def _session(self) -> Any:
+        return getattr(self.request, "session", None)
+
+    def _remember(self, user: User) -> None:
+        """Keep who passed the password step (never the password) for the code step."""
+        self.otp_step, self.otp_username = True, user.get_username()
+        self.fields["otp_token"].widget.attrs["autofocus"] = True
+        session = self._session()
+        if session is not None:
+            session[PENDING_2FA] = {
+                "user": user.pk,
+                "backend": getattr(user, "backend", ""),
+                "hash": user.get_session_auth_hash(),
+                "at": int(time.time()),
+            }
+
+    def _forget(self) -> None:
+        session = self._session()
+        if session is not None:
+            session.pop(PENDING_2FA, None)
+
+    def _pending_user(self) -> User:
+        """Return the user of a fresh password step, else raise: the code step starts over."""
+        session = self._session()
+        stored = session.get(PENDING_2FA) if session is not None else None
+        pending: dict[str, Any] = stored if isinstance(stored, dict) else {}
+        user = None
+        if pending and time.time() - pending.get("at", 0) < PENDING_2FA_SECONDS:
+            User = get_user_model()
+            user = User._default_manager.filter(pk=pending.get("user") or 0).first()
+        # A password changed since the first step voids it, as it voids sessions.
+        if user is None or user.get_session_auth_hash() != pending.get("hash"):
+            self._forget()
+            raise forms.ValidationError(
+                _("Your sign-in took too long; enter your username and password again."),
+                code="expired",
+            )
+        self._refuse_when_locked_out(user)
+        self.confirm_login_allowed(user)
+        user.backend = pending.get("backend") or "django.contrib.auth.backends.ModelBackend"
+        self.user_cache = user
+        self.cleaned_data["username"] = user.get_username()
+        return user
+
+    def _refuse_when_locked_out(self, user: User) -> None:
+        """Raise when axes has locked the username or address out, as the password step would."""
+        try:
+            LoginThrottleBackend().authenticate(self.request, username=user.get_username())
+        except AxesBackendPermissionDenied:
+            # As django.contrib.auth.authenticate does for a refusing backend: the failure is
+            # recorded, and axes's middleware answers with its lockout page.
+            user_login_failed.send(
+                sender=__name__,
+                credentials={"username": user.get_username()},
+                request=self.request,
+            )
+            raise forms.ValidationError(
+                self.error_messages["invalid_login"],
+                code="invalid_login",
+                params={"username": self.username_field.verbose_name},
+            ) from None
 
     def _chosen_device(self, user: User) -> Device | None:
         """Return the device to verify the code with: the chosen one, else the only one."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
+from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.forms.formsets import DELETION_FIELD_NAME
@@ -35,6 +36,7 @@ from routes.workflows.versions import Change, changes_since
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+    from django.http import HttpRequest
     from django_stubs_ext import StrOrPromise
 
 # Titles of the deployment's field groups on the admin page (None: the untitled first one).
@@ -303,6 +305,8 @@ class KeyForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # What the key rules accept but the operator should hear about (a short key).
+        self.warnings: list[str] = []
         if self.instance.pk:
             for name in ("role", "deployment"):
                 if name in self.fields:
@@ -337,7 +341,16 @@ class KeyForm(forms.ModelForm):
             )
         for problem in problems:
             self.add_error("secret", ValidationError(problem.message, code=problem.code))
+        if not problems:
+            self.warnings = [w.message for w in keyring.shape_warnings(role, secret)]
         return cleaned
+
+
+def warn_about_keys(request: HttpRequest, saved: Iterable[forms.BaseForm]) -> None:
+    """Show the user who saved them each saved key form's warnings; never the secret itself."""
+    for form in saved:
+        for warning in getattr(form, "warnings", ()):
+            messages.warning(request, warning)
 
 
 class StandaloneKeyForm(KeyForm):

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 MIN_CPA_VERSION = (6, 10, 8)
 RECOMMENDED_CPA_VERSION = (7, 1, 39)
+# The shortest schedule: a run of every check takes a few seconds, and CPA bans an address
+# after repeated management-key failures, so a tighter loop would only hammer it.
+MIN_INTERVAL_SECONDS = 20
 
 # CPA and CPAMP's own ports, and the names the seed's docker-compose gives their services.
 CPA_PORT = 8317
@@ -702,11 +706,26 @@ class VerificationJob(models.Model):
         blank=True,
         help_text=_("Check ids to run; empty runs every check that applies."),
     )
-    interval_minutes = models.PositiveIntegerField(
-        _("interval (minutes)"),
+    interval_seconds = models.PositiveIntegerField(
+        _("interval (s)"),
         null=True,
         blank=True,
-        help_text=_("Run on this interval from `manage.py verify --due`; empty: manual only."),
+        validators=[MinValueValidator(MIN_INTERVAL_SECONDS)],
+        help_text=_(
+            "Run every this many seconds from `manage.py run_scheduler`, e.g. 300; at least 20. "
+            "Empty: manual only."
+        ),
+    )
+    # The scheduler claims a due job by moving this forward with a conditional UPDATE, so
+    # two schedulers never enqueue the same due run (routes.verification.runs.claim_due_runs).
+    next_run_at = models.DateTimeField(
+        _("next run"), null=True, blank=True, editable=False, db_index=True
+    )
+    slow_threshold_ms = models.PositiveIntegerField(
+        _("slow threshold (ms)"),
+        null=True,
+        blank=True,
+        help_text=_('A check that passes slower than this, e.g. 1500, carries a "slow" warning.'),
     )
     last_enqueued_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -737,23 +756,32 @@ class VerificationRun(models.Model):
         MANUAL = "manual", _("manual")
         SCHEDULED = "scheduled", _("scheduled")
         COMMAND = "command", _("command")
+        APPLY = "apply", _("apply")
 
     job = models.ForeignKey(
         VerificationJob, on_delete=models.CASCADE, related_name="runs", verbose_name=_("job")
     )
     status = models.CharField(
-        _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+        _("status"), max_length=10, choices=Status.choices, default=Status.QUEUED
     )
     trigger = models.CharField(_("trigger"), max_length=10, choices=Trigger.choices)
     triggered_by = user_link(_("triggered by"), editable=True)
     base_url = models.CharField(_("base URL"), max_length=300, blank=True)
-    created_at = models.DateTimeField(_("queued at"), auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(_("queued at"), auto_now_add=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     # Set when a worker claims the run: its checks have ended by then (runner.run_budget),
     # so a run still marked running well past it has lost its worker.
     deadline_at = models.DateTimeField(_("deadline"), null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
+    # Counted from the stored results when the run finishes (runs.stored_counts), so the history
+    # lists runs without counting every check result; empty while the run is queued or running.
+    check_count = models.PositiveIntegerField(
+        _("checks"), null=True, blank=True, editable=False, help_text=_("e.g. 12.")
+    )
+    failed_count = models.PositiveIntegerField(
+        _("failed checks"), null=True, blank=True, editable=False, help_text=_("e.g. 2.")
+    )
     task_id = models.CharField(max_length=64, blank=True)
     error = models.TextField(_("error"), blank=True)
     # Root causes, most important first (routes.verification.causes): codes and parameters,
@@ -770,6 +798,25 @@ class VerificationRun(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name = _("verification run")
         verbose_name_plural = _("verification runs")
+        indexes = [
+            # The history's order, overall and within one job: a page reads the newest rows of
+            # an index instead of sorting every run.
+            models.Index(fields=["-created_at", "-id"], name="run_newest_idx"),
+            models.Index(fields=["job", "-created_at", "-id"], name="run_job_newest_idx"),
+            # Every status but the common one, newest first: the status filter, the scheduler's
+            # busy jobs and the sweep; passed runs fill most pages of the newest-first index.
+            # Partial, so that SQLite, which keeps no statistics, never reads every finished run
+            # through it for the status board's `status IN (?, ?, ?)` per deployment: SQLite
+            # takes it for `status = ?` (or an OR of those), never for IN.
+            models.Index(
+                fields=["status", "-created_at", "-id"],
+                condition=Q(status="queued")
+                | Q(status="running")
+                | Q(status="failed")
+                | Q(status="error"),
+                name="run_not_passed_idx",
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=["queued", "running", "passed", "failed", "error"]),
@@ -861,3 +908,4 @@ from routes.alerts.models import (  # noqa: E402, F401
     NotificationChannel,
     NotificationDelivery,
 )
+from routes.nginx.records import NginxApply  # noqa: E402, F401  (applies to nginx, issue 13)

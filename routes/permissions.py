@@ -127,10 +127,71 @@ def can_somewhere(user: AnyUser, action: Action) -> bool:
     return any(can(user, action, team_id) for team_id in _roles(user))
 
 
+class RoleRequired(PermissionDenied):
+    """A refusal that says which role the action needs and which role the user has.
+
+    ``team`` is named only when the user is a member of it (or a superuser), so a refusal never
+    tells anyone about another team. ``required`` None: no team role is enough (superusers only).
+    """
+
+    def __init__(
+        self,
+        *,
+        action: Action | None,
+        required: Role | None,
+        actual: Role | None,
+        team: Team | None = None,
+        otp: bool = False,
+    ) -> None:
+        self.action = action
+        self.required = required
+        self.actual = actual
+        self.team = team
+        # The role is enough, but the team wants a session verified with two-factor.
+        self.otp = otp
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        """Return the refusal as one plain line (for the log): action, needed and held role."""
+        held = self.actual.value if self.actual else "none"
+        where = f" in team {self.team.slug}" if self.team is not None else ""
+        otp = ", two-factor session needed" if self.otp else ""
+        if self.action is None:
+            return f"no role may do this here; user has {held}"
+        needed = self.required.value if self.required else "superuser"
+        return f"{self.action} needs {needed}{where}; user has {held}{otp}"
+
+
+def refusal(user: AnyUser, action: Action | None, team: Team | int | None) -> RoleRequired:
+    """Return the RoleRequired that explains why user may not do action in team.
+
+    Without a team (a page that acts in no chosen team), ``actual`` is user's highest role in any
+    team. ``action`` None: the operation is refused to every role (read-only admins).
+    """
+    required = REQUIRED_ROLE[action] if action is not None else None
+    team_id = _team_id(team)
+    if team_id is None:
+        ranks = [Role(role) for role in _roles(user).values()]
+        actual = max(ranks, key=ROLE_RANK.__getitem__) if ranks else None
+        return RoleRequired(action=action, required=required, actual=actual)
+    actual = role_in(user, team_id)
+    named: Team | None = None
+    if actual is not None:
+        named = team if isinstance(team, Team) else Team.objects.filter(pk=team_id).first()
+    otp = (
+        action is not None
+        and actual is not None
+        and required is not None
+        and ROLE_RANK[actual] >= ROLE_RANK[required]
+        and not can(user, action, team_id)
+    )
+    return RoleRequired(action=action, required=required, actual=actual, team=named, otp=otp)
+
+
 def require(user: AnyUser, action: Action, team: Team | int | None) -> None:
-    """Raise PermissionDenied unless can(user, action, team)."""
+    """Raise RoleRequired (a PermissionDenied) unless can(user, action, team)."""
     if not can(user, action, team):
-        raise PermissionDenied
+        raise refusal(user, action, team)
 
 
 def teams_where(user: AnyUser, action: Action) -> QuerySet[Team]:

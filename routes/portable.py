@@ -21,9 +21,9 @@ from routes import audit
 from routes import keys as keyring
 from routes.context import acting, current_ip
 from routes.models import DEPLOYMENT_FIELDS as EDITED_FIELDS
-from routes.models import Deployment, RouteOverride, Team
+from routes.models import MIN_INTERVAL_SECONDS, Deployment, RouteOverride, Team, VerificationJob
 from routes.permissions import Action, can
-from routes.verification import destinations
+from routes.verification import destinations, runs
 from routes.workflows.deployments import save_deployment
 from routes.workflows.overrides import replace_overrides
 from routes.workflows.teams import create_team
@@ -64,7 +64,13 @@ OVERRIDE_FIELDS: dict[str, tuple[type, bool]] = {
     "position": (int, False),
     "note": (str, False),
 }
-VERIFICATION_FIELDS: dict[str, tuple[type, bool]] = {"base_url": (str, False)}
+VERIFICATION_FIELDS: dict[str, tuple[type, bool]] = {
+    "base_url": (str, False),
+    # Seconds between scheduled runs (20 to a week), or null: manual runs only.
+    "interval_seconds": (int, False),
+}
+# Fields (as the file names them) whose value may also be null.
+NULLABLE_FIELDS = frozenset({"verification.interval_seconds"})
 _TYPE_NAMES = {
     str: gettext_noop("a string"),
     bool: gettext_noop("true or false"),
@@ -245,6 +251,10 @@ def _typed(
             problems.append((slug, f"{where}{name}", _("unknown field")))
             continue
         expected = spec[name][0]
+        nullable = f"{where}{name}" in NULLABLE_FIELDS
+        if value is None and nullable:
+            values[name] = None
+            continue
         if isinstance(value, _HugeNumber):
             problems.append(
                 (slug, f"{where}{name}", _("%(number)s is too large") % {"number": _shown(value)})
@@ -252,9 +262,8 @@ def _typed(
             continue
         # bool is an int in Python; a port of `true` is still a mistake.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            problems.append(
-                (slug, f"{where}{name}", _("must be %(type)s") % {"type": _(_TYPE_NAMES[expected])})
-            )
+            wanted = _("must be %(type)s or null") if nullable else _("must be %(type)s")
+            problems.append((slug, f"{where}{name}", wanted % {"type": _(_TYPE_NAMES[expected])}))
             continue
         reason = _text_problem(value) if isinstance(value, str) else None
         if reason is not None:
@@ -314,6 +323,23 @@ def _parse_entry(raw: Any, index: int, problems: Problems) -> _Entry | None:
         verification = _typed(
             raw_verification, VERIFICATION_FIELDS, "verification.", label, problems
         )
+        interval = verification.get("interval_seconds")
+        if not runs.interval_allowed(interval):
+            problems.append(
+                (
+                    label,
+                    "verification.interval_seconds",
+                    _(
+                        "must be %(min)d to %(max)d seconds (a week), or null for manual runs "
+                        "only (got %(value)d)"
+                    )
+                    % {
+                        "min": MIN_INTERVAL_SECONDS,
+                        "max": runs.MAX_INTERVAL_SECONDS,
+                        "value": interval,
+                    },
+                )
+            )
 
     roles: list[str] = []
     raw_keys = raw.get("keys", [])
@@ -440,6 +466,7 @@ def _import(
                 destinations.confirm_own_change(deployment=deployment, before=before, how="import")
                 if not unchanged_overrides:
                     replace_overrides(deployment=deployment, overrides=overrides)
+                _apply_schedule(deployment, entry.verification.get("interval_seconds"))
                 (report.created if created else report.updated).append(deployment.slug)
                 present = set(deployment.keys.values_list("role", flat=True))
                 for role in entry.keys:
@@ -455,6 +482,31 @@ def _import(
         # A concurrent change slipped past validation; report it like any other problem.
         raise ImportFailed([("file", "deployments", m) for m in _messages(exc)]) from None
     return report
+
+
+def _apply_schedule(deployment: Deployment, interval: int | None) -> None:
+    """Give deployment's job the file's interval and its next run; record a change.
+
+    No job is created for a deployment without a schedule: it gets one on its first run.
+    """
+    job = VerificationJob.objects.filter(deployment=deployment).first()
+    if job is None and interval is None:
+        return
+    if job is not None and job.interval_seconds == interval:
+        return
+    created = job is None
+    job = job if job is not None else VerificationJob(deployment=deployment)
+    before = {} if created else audit.snapshot(job)
+    previous = job.interval_seconds
+    job.interval_seconds = interval
+    runs.reschedule(job, previous_interval=previous)
+    job.save()
+    audit.record(
+        action="verification_job.create" if created else "verification_job.change",
+        team=deployment.team_id,
+        obj=job,
+        changes=audit.field_diff(before, audit.snapshot(job)),
+    )
 
 
 def _ensure_teams(
@@ -590,6 +642,12 @@ def export_payload(*, deployments: Iterable[Deployment]) -> dict[str, Any]:
     """Return the version-1 document of deployments, by slug; key roles only, never secrets."""
     if hasattr(deployments, "select_related"):
         deployments = deployments.select_related("team").prefetch_related("overrides", "keys")
+    deployments = list(deployments)
+    intervals = dict(
+        VerificationJob.objects.filter(deployment__in=[d.pk for d in deployments]).values_list(
+            "deployment_id", "interval_seconds"
+        )
+    )
     entries = []
     for deployment in sorted(deployments, key=lambda d: d.slug):
         entry: dict[str, Any] = {}
@@ -599,7 +657,10 @@ def export_payload(*, deployments: Iterable[Deployment]) -> dict[str, Any]:
             {name: getattr(override, name) for name in OVERRIDE_FIELDS}
             for override in sorted(deployment.overrides.all(), key=lambda o: (o.position, o.pk))
         ]
-        entry["verification"] = {"base_url": deployment.verification_base_url}
+        entry["verification"] = {
+            "base_url": deployment.verification_base_url,
+            "interval_seconds": intervals.get(deployment.pk),
+        }
         entry["keys"] = sorted({key.role for key in deployment.keys.all()})
         entries.append(entry)
     return {"version": FORMAT_VERSION, "deployments": entries}

@@ -20,7 +20,9 @@ from django_tasks import task
 
 from routes.alerts import deliver, events
 from routes.context import acting
-from routes.models import Deployment, NotificationDelivery, Team, VerificationRun
+from routes.models import Deployment, NginxApply, NotificationDelivery, Team, VerificationRun
+from routes.nginx import apply as applying
+from routes.nginx import apply_report
 from routes.verification import runs
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,11 @@ def start_run(
 def enqueue_due(
     *, now: dt.datetime | None = None, team: Team | None = None
 ) -> list[VerificationRun]:
-    """Queue a scheduled run for every due job (``verify --due``); return the runs."""
+    """Queue a scheduled run for every due job this caller claims; return the runs.
+
+    One pass of ``run_scheduler`` (and all of ``run_scheduler --once`` / ``verify --due``):
+    stale runs are swept, due jobs claimed (runs.claim_due_runs), and each new run queued.
+    """
     due = runs.claim_due_runs(now=now, team=team)
     for run in due:
         queue_run(run)
@@ -133,3 +139,60 @@ def queue_notifications(run: VerificationRun) -> list[int]:
     for delivery_id in ids:
         queue_delivery(delivery_id)
     return ids
+
+
+# --- applies to nginx (routes/nginx/apply.py) -------------------------------------------------
+
+
+@task()
+def run_apply(apply_id: int) -> dict[str, Any]:
+    """Perform the queued apply; queue the notifications its runs and its result call for."""
+    record = NginxApply.objects.filter(pk=apply_id).select_related("started_by").first()
+    if record is None:
+        return {"apply": apply_id, "result": "missing"}
+    with acting(user=record.started_by):
+        record = applying.perform_apply(apply=record)
+    queue_apply_notifications(record)
+    return {"apply": record.pk, "result": record.result}
+
+
+def queue_apply_notifications(record: NginxApply) -> list[int]:
+    """Queue what the apply's verification runs and its result call for; return the ids.
+
+    Never raises: notifying comes after the apply, and its failure leaves the apply as it is.
+    """
+    ids: list[int] = []
+    for run in VerificationRun.objects.filter(pk__in=record.runs).order_by("created_at", "id"):
+        ids += queue_notifications(run)
+    try:
+        own = apply_report.create_notifications(record)
+    except Exception:
+        logger.exception("notifications of apply %s could not be prepared", record.pk)
+        own = []
+    for delivery_id in own:
+        queue_delivery(delivery_id)
+    return ids + own
+
+
+def _enqueue_apply(apply_id: int) -> None:
+    try:
+        result = run_apply.enqueue(apply_id)
+    except Exception as exc:  # the queue itself failed: the apply must not stay queued forever
+        logger.exception("could not enqueue apply %s", apply_id)
+        NginxApply.objects.filter(pk=apply_id, result=NginxApply.Result.QUEUED).update(
+            result=NginxApply.Result.REFUSED,
+            finished_at=timezone.now(),
+            reason=_("Could not queue the apply: %(error)s") % {"error": type(exc).__name__},
+        )
+        return
+    NginxApply.objects.filter(pk=apply_id).update(task_id=str(result.id)[:64])
+
+
+def start_apply(*, deployment: Deployment) -> NginxApply:
+    """Create a queued apply of deployment for the acting user, run by the worker; return it.
+
+    Raises routes.nginx.apply.ApplyRefused when the deployment cannot be rendered.
+    """
+    record = applying.queue_apply(deployments=[deployment], source=NginxApply.Source.ADMIN)
+    transaction.on_commit(partial(_enqueue_apply, record.pk))
+    return record

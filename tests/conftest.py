@@ -1,7 +1,9 @@
 """Shared fixtures: users in roles, teams and deployments."""
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.utils import translation
 
 from routes.models import Deployment, Membership, Team
 
@@ -19,6 +21,14 @@ def _plain_static_storage(settings):
 def _fast_password_hashing(settings):
     # Most tests create several users; PBKDF2 would dominate the run time.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _default_language():
+    # LocaleMiddleware activates a request's language in the test's own thread and never
+    # deactivates it, so a page viewed in Chinese would leak into the next test.
+    yield
+    translation.activate(settings.LANGUAGE_CODE)
 
 
 @pytest.fixture

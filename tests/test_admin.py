@@ -718,17 +718,14 @@ def test_an_operator_downloads_definitions_without_secrets(client, users, deploy
     assert AuditEvent.objects.filter(action="definitions.export").exists()
 
 
-def test_a_viewer_has_neither_export_nor_delete_actions(client, users, deployment):
+def test_a_viewer_downloads_definitions_but_has_no_delete_action(client, users, deployment):
     client.force_login(users["viewer"])
     html = client.get(CHANGELIST_URL).content.decode()
-    assert "export_definitions" not in html
     assert "delete_selected" not in html
     response = client.post(
         CHANGELIST_URL, {"action": "export_definitions", "_selected_action": [deployment.pk]}
     )
-    assert response.status_code != 200 or "attachment" not in response.get(
-        "Content-Disposition", ""
-    )
+    assert response["Content-Disposition"] == 'attachment; filename="deployments.json"'
 
 
 def test_an_owner_deletes_a_deployment_through_the_action(client, users, deployment):

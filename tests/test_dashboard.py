@@ -103,7 +103,7 @@ def test_it_says_never_run_for_a_deployment_without_runs(client, make_user, depl
     assert "never run" in client.get(INDEX).content.decode()
 
 
-def test_it_lists_failing_checks_with_their_diagnoses(client, make_user, deployment):
+def test_it_lists_the_causes_of_failing_runs_with_their_checks(client, make_user, deployment):
     make_run(
         deployment,
         "failed",
@@ -115,9 +115,11 @@ def test_it_lists_failing_checks_with_their_diagnoses(client, make_user, deploym
     client.force_login(make_user("vera", team=deployment.team))
     failing = client.get(INDEX).content.decode().split('id="failing-checks"')[1]
     failing = failing.split('id="recent-exports"')[0]
-    assert "api_models" in failing
-    assert "401 on /v1/models: the wrong key type." in failing
-    assert "The /v0/resource/plugins/ rule is missing." in failing
+    # A run stored before causes were: one cause per failed check, named by its label.
+    assert "Explains: CPA API with the API key" in failing
+    assert "Explains: Plugin resources" in failing
+    assert failing.count("401 on /v1/models: the wrong key type.") == 1
+    assert failing.count("The /v0/resource/plugins/ rule is missing.") == 1
 
 
 def test_it_ignores_failures_of_runs_that_are_no_longer_the_latest(client, make_user, deployment):

@@ -41,6 +41,7 @@ from routes.models import (
     CheckResult,
     ConfigExport,
     Deployment,
+    NginxApply,
     NotificationChannel,
     NotificationDelivery,
     RouteOverride,
@@ -259,6 +260,10 @@ def world(db: None, make_user: Callable[..., Any], settings: Any) -> dict[str, A
     )
     channel = NotificationChannel.objects.create(team=team, name="hook", kind="webhook")
     NotificationDelivery.objects.create(channel=channel, run=finished, event="failed")
+    applied = NginxApply.objects.create(
+        team=team, slugs=["alpha-prod"], directory="/tmp/nowhere", source="command"
+    )
+    applied.deployments.set([deployment])
     audit.record(action="deployment.change", actor=operator, team=team, obj=deployment)
     Group.objects.create(name="auditors")
     TOTPDevice.objects.create(user=operator, name="phone", confirmed=False)

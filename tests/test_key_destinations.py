@@ -377,7 +377,7 @@ def test_an_operator_may_not_move_a_deployment_with_keys_to_another_team(client,
 
 
 def job_data(**changes) -> dict:
-    data = {"base_url": "", "verify_tls": "on", "timeout_seconds": "10", "interval_minutes": ""}
+    data = {"base_url": "", "verify_tls": "on", "timeout_seconds": "10", "interval_seconds": ""}
     data.update(changes)
     return data
 

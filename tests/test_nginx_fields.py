@@ -529,7 +529,8 @@ def assert_exactly_intended(deployment, rows) -> None:
         else:
             assert pass_args == f"http://{render.upstream_name(deployment, target)}"
         assert names == ["proxy_pass"] + ["proxy_set_header"] * 6 + (
-            ["add_header"] if deployment.route_tracing else []
+            # X-Console-Upstream, then X-Console-Config (the apply's confirmation).
+            ["add_header", "add_header"] if deployment.route_tracing else []
         )
         seen[(modifier, where)] = target
     assert seen == expected_locations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from routes.nginx.export import check_files, self_signed_certificate
 from routes.nginx.render import (
     COMMON_FILENAME,
     InvalidDeployment,
+    config_hash,
     render_common,
     render_site,
     site_filename,
@@ -130,7 +132,8 @@ def test_it_renders_the_shared_map_block_like_its_golden_file():
 
 
 def test_the_default_deployment_has_the_seeds_locations_in_the_seeds_order(tmp_path):
-    upstreams, servers = parsed_server((GOLDEN / "docker-http.conf").read_text(), tmp_path)
+    text = (GOLDEN / "docker-http.conf").read_text()
+    upstreams, servers = parsed_server(text, tmp_path)
     assert upstreams == []  # Docker host names resolve at request time, not in upstream blocks
     (server,) = servers
     block = server["block"]
@@ -154,10 +157,11 @@ def test_the_default_deployment_has_the_seeds_locations_in_the_seeds_order(tmp_p
         assert directives(inner, "proxy_pass") == [[f"http://{variable}"]]
         upstream = {"cli-proxy-api:8317": "cpa_api", "cpa-manager-plus:18317": "cpamp"}[address]
         found.append((modifier, path, upstream))
-        # Self-contained: the full header set and the trace header in every proxied location.
+        # Self-contained: the full header set and the trace headers in every proxied location.
         assert directives(inner, "proxy_set_header") == HEADERS
         assert directives(inner, "add_header") == [
-            ["X-Console-Upstream", SEED_UPSTREAMS[upstream], "always"]
+            ["X-Console-Upstream", SEED_UPSTREAMS[upstream], "always"],
+            ["X-Console-Config", config_hash(text), "always"],
         ]
     assert found == SEED_LOCATIONS
 
@@ -191,6 +195,32 @@ def test_cpa_panel_mode_sends_every_route_to_cpa_and_keeps_the_panel_redirect():
     assert "cpamp" not in text and "cpa-manager-plus" not in text
     assert "location = / {\n        return 302 /management.html;" in text
     assert text.count("add_header X-Console-Upstream cpa always;") == len(SEED_LOCATIONS) - 1
+
+
+# --- The config hash ------------------------------------------------------------------------
+
+
+def test_the_config_hash_is_the_sha256_of_the_file_without_its_own_hash_lines():
+    text = render_site(make_deployment(), [])
+    (value,) = set(re.findall(r"add_header X-Console-Config (\S+) always;", text))
+    # What the README tells operators to run: grep -v the header lines, then sha256sum.
+    rest = "".join(
+        line for line in text.splitlines(keepends=True) if "X-Console-Config" not in line
+    )
+    assert value == hashlib.sha256(rest.encode()).hexdigest() == config_hash(text)
+    assert text.count(f"add_header X-Console-Config {value} always;") == len(SEED_LOCATIONS) - 1
+
+
+def test_the_config_hash_follows_every_change_of_the_config_and_nothing_else():
+    base = render_site(make_deployment(), [])
+    again = render_site(make_deployment(), [])
+    moved = render_site(make_deployment(), [override("prefix", "/v0/resource/plugins/", "cpa")])
+    renamed = render_site(make_deployment(server_name="other.example.com"), [])
+    assert config_hash(base) == config_hash(again)
+    assert len({config_hash(base), config_hash(moved), config_hash(renamed)}) == 3
+    # A file written before the header existed has the hash its rendering carries now.
+    without = re.sub(r".*X-Console-Config.*\n", "", base)
+    assert "X-Console-Config" not in without and config_hash(without) == config_hash(base)
 
 
 # --- Rendering rules ------------------------------------------------------------------------
@@ -252,6 +282,7 @@ def test_regex_overrides_follow_their_position_and_double_their_backslashes():
 def test_route_tracing_off_removes_every_trace_header():
     text = render_site(make_deployment(route_tracing=False), [])
     assert "X-Console-Upstream" not in text
+    assert "X-Console-Config" not in text
     assert text.count("proxy_set_header Connection") == len(SEED_LOCATIONS) - 1
 
 

@@ -15,6 +15,7 @@ from routes.models import (
     Deployment,
     Key,
     Membership,
+    NginxApply,
     NotificationChannel,
     NotificationDelivery,
     RouteOverride,
@@ -42,14 +43,20 @@ GET_TABLE = {
     "routes_deployment_history": (VIEW, "deployment"),
     "routes_deployment_delete": (OWNER, "deployment"),
     "routes_deployment_config": (VIEW, "deployment"),
-    "routes_deployment_config_download": (EDIT, "deployment"),
+    # A viewer downloads what they may read (the config holds no secret).
+    "routes_deployment_config_download": (VIEW, "deployment"),
     "routes_deployment_routes": (VIEW, "deployment"),
     "routes_deployment_first_setup": (OWNER, "deployment"),
     "routes_deployment_wizard": (EDIT, None),
+    # Importing an nginx config creates (or replaces) a deployment: operators, in their teams.
+    "routes_deployment_import_nginx": (EDIT, None),
     # The key step shows which keys exist (never a value); only owners may submit it.
     "routes_deployment_wizard_keys": (VIEW, "deployment"),
     "routes_deployment_wizard_finish": (VIEW, "deployment"),
     "routes_deployment_verify": (VIEW, "deployment"),
+    # The status board's JSON (GET only): the dashboard's lists the user's own teams only.
+    "routes_deployment_board": (ALL, None),
+    "routes_deployment_board_detail": (VIEW, "deployment"),
     "routes_key_changelist": (ALL, None),
     "routes_key_add": (OWNER, None),
     "routes_key_change": (VIEW, "key"),
@@ -86,6 +93,11 @@ GET_TABLE = {
     "routes_notificationdelivery_changelist": (ALL, None),
     "routes_notificationdelivery_change": (VIEW, "delivery"),
     "routes_notificationdelivery_history": (VIEW, "delivery"),
+    # Apply history (issue 13): read-only, and the steps the config page polls.
+    "routes_nginxapply_changelist": (ALL, None),
+    "routes_nginxapply_change": (VIEW, "apply"),
+    "routes_nginxapply_history": (VIEW, "apply"),
+    "routes_nginxapply_progress": (VIEW, "apply"),
     "otp_totp_totpdevice_enrol": (ALL, None),
     "otp_totp_totpdevice_changelist": (ALL, None),
     "password_change": (ALL, None),
@@ -102,6 +114,8 @@ SUPERUSER_ONLY = {
     "routes_verificationrun_delete",
     "routes_notificationdelivery_add",  # deliveries are the worker's record: nobody edits them
     "routes_notificationdelivery_delete",
+    "routes_nginxapply_add",  # applies are the command's and the worker's record
+    "routes_nginxapply_delete",
 }
 # url name -> lowest role in team A that may POST to it.
 POST_TABLE = {
@@ -109,8 +123,12 @@ POST_TABLE = {
     "routes_auditevent_export_csv": ALL,
     "routes_auditevent_export_jsonl": ALL,
     "routes_deployment_config_test": EDIT,
+    # Deploy: queues an apply to the live nginx (the worker writes, tests and reloads).
+    "routes_deployment_apply": EDIT,
     "routes_deployment_test_key": EDIT,
     "routes_deployment_verify": EDIT,
+    # Changes the job (an operator's) and queues a run.
+    "routes_deployment_verify_tls_off": EDIT,
     "routes_deployment_first_setup": OWNER,
     "routes_deployment_confirm_destination": OWNER,
     "routes_deployment_delete": OWNER,
@@ -120,8 +138,8 @@ POST_TABLE = {
 # changelist action name -> lowest role in team A that may run it on A's deployment.
 ACTIONS = {
     "run_verification": EDIT,
-    "download_archive": EDIT,
-    "export_definitions": EDIT,
+    "download_archive": VIEW,
+    "export_definitions": VIEW,
     "delete_selected": OWNER,
 }
 # Not crawled: they belong to Django or third-party apps that only superusers reach, or take
@@ -183,7 +201,12 @@ def world(db, make_user):
     delivery = NotificationDelivery.objects.create(
         channel=channel, deployment=deployment, run=run, event="failed"
     )
+    nginx_apply = NginxApply.objects.create(
+        team=team_a, slugs=["alpha-prod"], directory="/tmp/nowhere", source="command"
+    )
+    nginx_apply.deployments.set([deployment])
     objects = {
+        "apply": nginx_apply,
         "channel": channel,
         "delivery": delivery,
         "deployment": deployment,
@@ -275,6 +298,7 @@ def test_superuser_only_pages_are_refused_to_every_team_role(client, world, who)
         "verificationrun": "run",
         "verificationjob": "job",
         "notificationdelivery": "delivery",
+        "nginxapply": "apply",
     }
     problems = []
     for name in sorted(SUPERUSER_ONLY - {"routes_team_add"}):
@@ -299,11 +323,13 @@ def test_state_changing_posts_are_allowed_or_refused_by_role(client, world, who)
             "admin:routes_deployment_test_key", args=[deployment.pk, key.pk]
         ),
         "routes_deployment_verify": url_for("routes_deployment_verify", deployment),
+        "routes_deployment_verify_tls_off": url_for("routes_deployment_verify_tls_off", deployment),
         "routes_deployment_first_setup": url_for("routes_deployment_first_setup", deployment),
         "routes_deployment_confirm_destination": url_for(
             "routes_deployment_confirm_destination", deployment
         ),
         "routes_deployment_config_test": url_for("routes_deployment_config_test", deployment),
+        "routes_deployment_apply": url_for("routes_deployment_apply", deployment),
         "routes_auditevent_export_csv": url_for("routes_auditevent_export_csv", None),
         "routes_auditevent_export_jsonl": url_for("routes_auditevent_export_jsonl", None),
     }

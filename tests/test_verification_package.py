@@ -201,7 +201,7 @@ def test_a_queue_that_fails_leaves_the_run_in_error_not_queued(
 def test_scheduled_runs_are_triggered_by_nobody(deployment, make_user, monkeypatch):
     queued: list[int] = []
     monkeypatch.setattr(tasks, "queue_run", lambda run, insecure=False: queued.append(run.pk))
-    VerificationJob.objects.create(deployment=deployment, interval_minutes=5)
+    VerificationJob.objects.create(deployment=deployment, interval_seconds=300)
     with acting(user=make_user("olga", team=deployment.team, role="operator")):
         started = tasks.enqueue_due()
     assert [r.pk for r in started] == queued and len(queued) == 1

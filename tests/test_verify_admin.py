@@ -233,7 +233,7 @@ def test_an_operator_edits_the_job_and_a_viewer_cannot(client, users, deployment
         "verify_tls": "",
         "timeout_seconds": "5",
         "enabled_checks": ["plugin_resources", "panel"],
-        "interval_minutes": "15",
+        "interval_seconds": "900",
     }
     client.force_login(users["viewer"])
     assert client.post(url, data).status_code == 403
@@ -243,11 +243,11 @@ def test_an_operator_edits_the_job_and_a_viewer_cannot(client, users, deployment
     job.refresh_from_db()
     assert job.base_url == "" and job.verify_tls is False
     assert job.enabled_checks == ["panel", "plugin_resources"]
-    assert job.interval_minutes == 15
+    assert job.interval_seconds == 900
     from routes.models import AuditEvent
 
     event = AuditEvent.objects.get(action="verification_job.change")
-    assert event.changes["interval_minutes"] == [None, 15]
+    assert event.changes["interval_seconds"] == [None, 900]
 
 
 @pytest.mark.django_db
@@ -255,7 +255,7 @@ def test_an_operator_edits_the_job_and_a_viewer_cannot(client, users, deployment
     ("field", "value", "message"),
     [
         ("timeout_seconds", "0", "Give 0.5 to 120 seconds."),
-        ("interval_minutes", "0", "Give 1 to 10080 minutes"),
+        ("interval_seconds", "19", "Interval: give 20 to 604800 seconds"),
         ("base_url", "ftp://x", "Give an http:// or https:// URL"),
         ("enabled_checks", "nope", "Select a valid choice"),
     ],
@@ -264,7 +264,7 @@ def test_the_job_form_names_the_field_and_the_reason(
     client, users, deployment, field, value, message
 ):
     job = runs.job_for(deployment)
-    data = {"base_url": "", "verify_tls": "on", "timeout_seconds": "10", "interval_minutes": ""}
+    data = {"base_url": "", "verify_tls": "on", "timeout_seconds": "10", "interval_seconds": ""}
     data[field] = value
     client.force_login(users["operator"])
     page = client.post(reverse("admin:routes_verificationjob_change", args=[job.pk]), data)

@@ -268,9 +268,12 @@ def test_verify_due_enqueues_jobs_whose_interval_has_passed(deployment, team, ca
     other = Deployment.objects.create(slug="b", name="B", team=team, server_name="b.example.com")
     manual = Deployment.objects.create(slug="c", name="C", team=team, server_name="c.example.com")
     now = timezone.now()
-    due = VerificationJob.objects.create(deployment=deployment, interval_minutes=15)
+    due = VerificationJob.objects.create(deployment=deployment, interval_seconds=900)
     recent = VerificationJob.objects.create(
-        deployment=other, interval_minutes=15, last_enqueued_at=now - dt.timedelta(minutes=5)
+        deployment=other,
+        interval_seconds=900,
+        last_enqueued_at=now - dt.timedelta(minutes=5),
+        next_run_at=now + dt.timedelta(minutes=10),
     )
     VerificationJob.objects.create(deployment=manual)
     code, out, _err = run_command_cli(capsys, "--due")
@@ -279,6 +282,7 @@ def test_verify_due_enqueues_jobs_whose_interval_has_passed(deployment, team, ca
     assert run.job == due and run.trigger == VerificationRun.Trigger.SCHEDULED
     due.refresh_from_db()
     assert due.last_enqueued_at is not None
+    assert due.next_run_at == due.last_enqueued_at + dt.timedelta(seconds=900)
     # A second call right away enqueues nothing: the job is busy and not due.
     code, out, _err = run_command_cli(capsys, "--due")
     assert "Enqueued 0 scheduled" in out
@@ -288,7 +292,7 @@ def test_verify_due_enqueues_jobs_whose_interval_has_passed(deployment, team, ca
 
 @pytest.mark.django_db
 def test_verify_due_respects_team(deployment, other_team, capsys):
-    VerificationJob.objects.create(deployment=deployment, interval_minutes=5)
+    VerificationJob.objects.create(deployment=deployment, interval_seconds=300)
     code, out, _err = run_command_cli(capsys, "--due", "--team", "other")
     assert code == 0 and "Enqueued 0" in out
 

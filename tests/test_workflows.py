@@ -18,11 +18,15 @@ from tests.test_admin import change_url, deployment_data
 
 API_SECRET = "sk-workflow-Key-4242"
 COMMANDS_WITH_TEAM = [
+    ("apply_nginx", "--all"),
     ("export_deployments",),
     ("export_nginx", "--all", "--stdout"),
+    ("import_nginx", "tests/data/seed_http.conf", "--slug", "lab"),
+    ("list_runs",),
     ("prune_audit", "--before", "2020-01-01"),
     ("prune_runs",),
     ("rotate_encryption_key",),
+    ("run_scheduler", "--once"),
     ("set_key", "prod", "cpa_api"),
     ("verify", "prod"),
 ]

@@ -1,8 +1,9 @@
 """The audit trail in the admin: read-only, scoped to the viewer's teams, exportable.
 
-Members see the events of their teams and their own (logins included); superusers see all and
-are the only ones who may delete (prune) events. An export is recorded in the trail, so it is a
-POST (a button): a GET, which links, prefetching and crawlers send, writes nothing.
+Members see the events of their teams and their own (logins included); superusers see all.
+Nobody deletes events here: pruning is the prune_audit command's job, and it records itself.
+An export is recorded in the trail, so it is a POST (a button): a GET, which links, prefetching
+and crawlers send, writes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import (
     HttpRequest,
@@ -26,10 +26,12 @@ from django.http import (
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from routes import audit
 from routes.admin.options import ConsoleAdmin, visible_events
+from routes.audit import action_label
 from routes.models import AuditEvent
 from routes.permissions import Action
 
@@ -133,13 +135,21 @@ class ActionFilter(ValueFilter):
     title = _("action")
     parameter_name = "action"
 
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        named = [
+            (value, action_label(value)) for value, _code in super().lookups(request, model_admin)
+        ]
+        return sorted(named, key=lambda choice: choice[1].lower())
+
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ConsoleAdmin):
     list_display = (
         "created_at",
         "actor_label",
-        "action",
+        "action_name",
         "team",
         "object_type",
         "object_repr",
@@ -159,7 +169,7 @@ class AuditEventAdmin(ConsoleAdmin):
         "actor_label",
         "actor",
         "team",
-        "action",
+        "action_detail",
         "object_type",
         "object_id",
         "object_repr",
@@ -170,8 +180,8 @@ class AuditEventAdmin(ConsoleAdmin):
     actions = ("export_csv", "export_jsonl")
     change_list_template = "admin/routes/audit/change_list.html"
 
-    # Append-only: nobody adds or edits; only superusers delete (prune).
-    roles = {"view": Action.VIEW, "delete": Action.ADMINISTER}
+    # Append-only: nobody adds, edits or deletes here, superusers included (prune_audit prunes).
+    roles = {"view": Action.VIEW}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
         return visible_events(request.user)
@@ -184,22 +194,19 @@ class AuditEventAdmin(ConsoleAdmin):
             self.get_queryset(request).filter(pk=obj.pk).exists()
         )
 
+    @admin.display(description=_("action"), ordering="action")
+    def action_name(self, obj: AuditEvent) -> str:
+        return action_label(obj.action)
+
+    @admin.display(description=_("action"))
+    def action_detail(self, obj: AuditEvent) -> str:
+        return format_html(
+            '{} <code class="console-muted">{}</code>', action_label(obj.action), obj.action
+        )
+
     @admin.display(description=_("changes"))
     def changes_json(self, obj: AuditEvent) -> str:
         return json.dumps(obj.changes, indent=2, sort_keys=True, ensure_ascii=False)
-
-    def delete_model(self, request: HttpRequest, obj: AuditEvent) -> None:
-        super().delete_model(request, obj)
-        self._record_prune(1, [obj.pk])
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        super().delete_queryset(request, queryset)
-        self._record_prune(len(ids), ids)
-
-    def _record_prune(self, count: int, ids: list[int]) -> None:
-        # Pruning is itself recorded, so a gap in the trail always has an explanation.
-        audit.record(action="audit.prune", changes={"count": count, "ids": ids[:1000]})
 
     # --- export ---------------------------------------------------------------------------
     def get_urls(self) -> list[URLPattern]:
@@ -238,7 +245,7 @@ class AuditEventAdmin(ConsoleAdmin):
         which carries a CSRF token, exports and records the export.
         """
         if not self.has_view_permission(request):
-            raise PermissionDenied
+            raise self.refusal(request, "view")
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         try:

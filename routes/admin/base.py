@@ -32,6 +32,8 @@ from django.views.decorators.http import require_POST
 
 from routes import keys as keyring
 from routes import portable
+from routes.admin.adopt_page import AdoptPages
+from routes.admin.board import BoardPages, drift_badges
 from routes.admin.bulk import may_act_on
 from routes.admin.first_setup import FirstSetupPages
 from routes.admin.nginx_pages import NginxPages
@@ -58,8 +60,10 @@ from routes.forms import (
     StandaloneKeyForm,
     TeamForm,
     deployment_fieldsets,
+    warn_about_keys,
 )
 from routes.models import Deployment, Key, KeyRotation, Membership, RouteOverride, Team
+from routes.nginx.drift import with_drift_data
 from routes.permissions import Action, can, teams_where
 from routes.verification import destinations, runs
 from routes.workflows.deployments import delete_deployment, save_deployment
@@ -153,7 +157,15 @@ class KeyInline(KeyDisplayMixin, ScopedInline):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPages, DeploymentPages):
+class DeploymentAdmin(
+    AdoptPages,
+    BoardPages,
+    NginxPages,
+    VerificationPages,
+    FirstSetupPages,
+    WizardPages,
+    DeploymentPages,
+):
     form = DeploymentForm
     inlines = [RouteOverrideInline, KeyInline]
     roles = {
@@ -163,6 +175,8 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
         # Deleting a deployment destroys its keys, so it takes the role that manages keys.
         "delete": Action.MANAGE_KEYS,
         "export": Action.EXPORT,
+        # Downloading what a viewer may read (configs, definitions: never a secret).
+        "download": Action.VIEW,
         "verify": Action.VERIFY,
     }
     actions = [delete_selected, "export_definitions", "download_archive", "run_verification"]
@@ -172,9 +186,10 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
         "team",
         "server_name",
         "mode",
-        "tls",
+        "https",
         "key_roles",
         last_run,
+        "drift",
         "updated_at",
     )
     list_filter = (("team", VisibleTeamFilter), "mode", "tls")
@@ -238,7 +253,7 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
             )
         )
         # DeploymentQuerySet is a plain QuerySet subclass: the stubs do not know its model.
-        return runs.annotate_last_run(cast("QuerySet[Deployment]", visible))
+        return with_drift_data(runs.annotate_last_run(cast("QuerySet[Deployment]", visible)))
 
     def get_fieldsets(self, request: HttpRequest, obj: Deployment | None = None) -> _FieldsetSpec:
         drop = (
@@ -270,6 +285,17 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
         if db_field.name == "team":
             kwargs["queryset"] = teams_where(request.user, Action.CREATE)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description=_("drift"))
+    def drift(self, obj: Deployment) -> SafeString:
+        return drift_badges(obj)
+
+    # Plain HTTP is a choice, not an error: no red icon of a boolean column.
+    @admin.display(description=_("HTTPS"), ordering="tls")
+    def https(self, obj: Deployment) -> SafeString:
+        if obj.tls:
+            return format_html('<span class="console-badge console-https">{}</span>', "HTTPS")
+        return format_html('<span class="console-muted console-http">{}</span>', _("HTTP only"))
 
     @admin.display(description=_("keys"))
     def key_roles(self, obj: Deployment) -> str:
@@ -421,6 +447,7 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
             adding = obj.pk is None
             if formset.model is Key:
                 save_key(key=obj, secret=sub.cleaned_data.get("secret") or None, bump_version=False)
+                warn_about_keys(request, [sub])
             else:
                 save_override(override=obj, bump_version=False)
             if adding:
@@ -447,7 +474,7 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
 
     @admin.action(
         description=_("Download definitions of selected deployments (JSON, no secrets)"),
-        permissions=["export"],
+        permissions=["download"],
     )
     def export_definitions(
         self, request: HttpRequest, queryset: QuerySet[Deployment]
@@ -458,8 +485,8 @@ class DeploymentAdmin(NginxPages, VerificationPages, FirstSetupPages, WizardPage
             self,
             request,
             selected,
-            action=Action.EXPORT,
-            refused_message=_("You may not export %(slugs)s; nothing was exported."),
+            action=Action.VIEW,
+            refused_message=_("You may not download %(slugs)s; nothing was downloaded."),
         ):
             return None
         payload = portable.export_definitions(deployments=selected)
@@ -539,6 +566,7 @@ class KeyAdmin(KeyDisplayMixin, SecretFormsAdmin):
         self, request: HttpRequest, obj: Key, form: forms.ModelForm[Key], change: bool
     ) -> None:
         save_key(key=obj, secret=form.cleaned_data.get("secret") or None)
+        warn_about_keys(request, [form])
 
     def delete_model(self, request: HttpRequest, obj: Key) -> None:
         delete_key(key=obj)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from django.db.models import OuterRef, Subquery
 from django.urls import NoReverseMatch, reverse
 
+from routes.admin.run_display import CauseView, cause_views
 from routes.models import (
     AuditEvent,
     CheckResult,
@@ -21,6 +22,7 @@ from routes.models import (
     Team,
     VerificationRun,
 )
+from routes.nginx.apply_report import LiveState, live_states
 from routes.permissions import Action, can, teams_where
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 # Bounds that keep the page (and its queries) small however many deployments exist.
 MAX_DEPLOYMENTS = 100
 MAX_FAILING_RUNS = 10
-MAX_FAILING_CHECKS_PER_RUN = 5
+MAX_CAUSES_PER_RUN = 5
 MAX_FEED = 8
 
 
@@ -51,6 +53,8 @@ class DeploymentRow:
     config_url: str = ""
     verify_url: str = ""
     run_url: str = ""
+    # The config the last apply left live, against the rendered one (routes.nginx.apply_report).
+    live: LiveState | None = None
 
 
 @dataclass
@@ -64,11 +68,11 @@ class TeamGroup:
 
 @dataclass
 class FailingRun:
-    """The latest run of a deployment that did not pass, with its failed checks."""
+    """The latest run of a deployment that did not pass, with its root causes."""
 
     run: VerificationRun
     deployment: Deployment
-    checks: list[CheckResult]
+    causes: list[CauseView]
     run_url: str
     more: int = 0
 
@@ -105,6 +109,7 @@ def build_dashboard(*, user: AnyUser) -> Dashboard:
     run_ids = [d.last_run_id for d in deployments if d.last_run_id]
     runs = VerificationRun.objects.in_bulk(run_ids) if run_ids else {}
 
+    live = live_states(deployments)
     creatable = {team.pk: team for team in teams_where(user, Action.CREATE)}
     wizard_url = optional_url("admin:routes_deployment_wizard") if creatable else ""
 
@@ -131,6 +136,7 @@ def build_dashboard(*, user: AnyUser) -> Dashboard:
                 run_url=(
                     optional_url("admin:routes_verificationrun_change", run.pk) if run else ""
                 ),
+                live=live.get(deployment.pk),
             )
         )
     # Teams where the user may create but that have no deployment yet still get a heading,
@@ -152,22 +158,29 @@ def build_dashboard(*, user: AnyUser) -> Dashboard:
         reverse=True,
     )[:MAX_FAILING_RUNS]
     deployment_of_run = {runs[d.last_run_id].pk: d for d in deployments if d.last_run_id}
+    # Causes are stored on the run; only runs from before they were need their failed checks,
+    # all loaded in one query, so the panel costs the same for any number of runs.
     failed_checks: dict[int, list[CheckResult]] = {r.pk: [] for r in failed_runs}
-    if failed_runs:
-        for result in CheckResult.objects.filter(run__in=failed_runs, passed=False).order_by(
+    older = [r for r in failed_runs if not r.causes]
+    if older:
+        for result in CheckResult.objects.filter(run__in=older, passed=False).order_by(
             "run_id", "position", "id"
         ):
             failed_checks[result.run_id].append(result)
-    failing = [
-        FailingRun(
-            run=run,
-            deployment=deployment_of_run[run.pk],
-            checks=failed_checks[run.pk][:MAX_FAILING_CHECKS_PER_RUN],
-            more=max(0, len(failed_checks[run.pk]) - MAX_FAILING_CHECKS_PER_RUN),
-            run_url=optional_url("admin:routes_verificationrun_change", run.pk),
+    failing = []
+    for run in failed_runs:
+        found = cause_views(
+            run, user=None, deployment=deployment_of_run[run.pk], failed=failed_checks[run.pk]
         )
-        for run in failed_runs
-    ]
+        failing.append(
+            FailingRun(
+                run=run,
+                deployment=deployment_of_run[run.pk],
+                causes=found[:MAX_CAUSES_PER_RUN],
+                more=max(0, len(found) - MAX_CAUSES_PER_RUN),
+                run_url=optional_url("admin:routes_verificationrun_change", run.pk),
+            )
+        )
 
     exports = list(
         ConfigExport.objects.filter(deployment__in=visible)

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -24,7 +23,7 @@ from routes import keys as keyring
 from routes.admin.options import DeploymentPages, visible_deployment
 from routes.auth import enrol_url, pending_2fa_teams
 from routes.models import Deployment, Key
-from routes.permissions import Action, can
+from routes.permissions import Action, can, refusal
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -137,7 +136,7 @@ class FirstSetupPages(DeploymentPages):
                 return TemplateResponse(
                     request, "admin/routes/first_setup.html", context, status=403
                 )
-            raise PermissionDenied
+            raise refusal(user, Action.MANAGE_KEYS, deployment.team_id)
         if request.method == "POST":
             values = reveal_setup_values(deployment=deployment)
             revealed = [v.role for v in values if v.value]

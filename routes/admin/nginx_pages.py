@@ -1,9 +1,11 @@
 """Admin pages of a deployment's nginx config: preview, diff, test, download, export and routes.
 
 Every page loads the deployment with visible_deployment (another team's deployment is a 404)
-and names the action it needs: VIEW to read, EXPORT to download or export, VERIFY to test the
-config with nginx. Reading the config page never runs nginx: it shows the stored test of the
-config as it is now (routes/nginx/tested.py), and "Test with nginx" is a POST.
+and names the action it needs: VIEW to read and to download what it shows (a config holds no
+secret), EXPORT to write the export directory or deploy to the live nginx (the worker applies
+it: routes/nginx/apply.py), VERIFY to test the config with nginx. Reading
+the config page never runs nginx: it shows the stored test of the config as it is now
+(routes/nginx/tested.py), and "Test with nginx" is a POST.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
 
+from routes import tasks
+from routes.admin.applies import BADGES
 from routes.admin.bulk import may_act_on
 from routes.admin.options import DeploymentPages, ScopedAdmin, visible_deployment
-from routes.models import ConfigExport, Deployment, RouteOverride
+from routes.models import ConfigExport, Deployment, NginxApply, RouteOverride
 from routes.nginx import boundaries as b
+from routes.nginx.apply import ApplyRefused
+from routes.nginx.apply_report import progress as apply_progress
 from routes.nginx.export import (
     ExportError,
     build_archive,
@@ -48,6 +54,7 @@ from routes.nginx.render import (
     render_site,
     site_filename,
     validate_deployment,
+    without_config_hash,
 )
 from routes.nginx.sandbox import nginx_binary
 from routes.nginx.simulate import simulate_locations
@@ -142,12 +149,13 @@ class NginxPages(DeploymentPages):
                 wrap(self.config_download_view),
                 name="routes_deployment_config_download",
             ),
+            path("<int:pk>/nginx/apply/", wrap(self.apply_view), name="routes_deployment_apply"),
             path("<int:pk>/routes/", wrap(self.routes_view), name="routes_deployment_routes"),
             *super().get_urls(),
         ]
 
     def page_links(self, request: HttpRequest, deployment: Deployment) -> list[tuple[str, str]]:
-        """Buttons on the deployment page: config and routes (VIEW), download (EXPORT)."""
+        """Buttons on the deployment page: config, routes and the download (VIEW)."""
         links = []
         if can(request.user, Action.VIEW, deployment.team_id):
             links.append(
@@ -159,7 +167,6 @@ class NginxPages(DeploymentPages):
             links.append(
                 (str(_("Routes")), reverse("admin:routes_deployment_routes", args=[deployment.pk]))
             )
-        if can(request.user, Action.EXPORT, deployment.team_id):
             links.append(
                 (
                     str(_("Download config")),
@@ -193,7 +200,9 @@ class NginxPages(DeploymentPages):
         if last is not None and last.text != site:
             when = timezone.localtime(last.created_at).strftime("%Y-%m-%d %H:%M:%S")
             label = gettext("export of %(when)s") % {"when": when}
-            diff = _diff_lines(last.text, site, label)
+            # Every change moves the config hash in each location: the diff leaves it out.
+            diff = _diff_lines(without_config_hash(last.text), without_config_hash(site), label)
+        context.update(self._apply_context(request, deployment))
         context.update(
             {
                 "site": site,
@@ -217,6 +226,46 @@ class NginxPages(DeploymentPages):
             }
         )
         return TemplateResponse(request, "admin/routes/nginx/config.html", context)
+
+    def _apply_context(self, request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+        """Return the Deploy section's context: the apply asked for (?apply=) or the latest."""
+        applies = NginxApply.objects.filter(deployments=deployment).order_by("-created_at", "-id")
+        wanted = request.GET.get("apply", "")
+        record = applies.filter(pk=int(wanted)).first() if wanted.isdigit() else applies.first()
+        return {
+            "may_apply": can(request.user, Action.EXPORT, deployment.team_id),
+            "apply_url": reverse("admin:routes_deployment_apply", args=[deployment.pk]),
+            "apply_record": record,
+            "apply_progress": apply_progress(record) if record else None,
+            "apply_progress_url": (
+                reverse("admin:routes_nginxapply_progress", args=[record.pk]) if record else ""
+            ),
+            "apply_busy": record is not None and not record.finished,
+            "apply_badge": BADGES.get(record.result, "") if record else "",
+            "applies_url": reverse("admin:routes_nginxapply_changelist")
+            + f"?deployment={deployment.pk}",
+            "nginx_dir": settings.CONSOLE_NGINX_DIR,
+            "nginx_test_cmd": settings.CONSOLE_NGINX_TEST_CMD,
+            "nginx_reload_cmd": settings.CONSOLE_NGINX_RELOAD_CMD,
+        }
+
+    @method_decorator(require_POST)
+    def apply_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """POST (operators): queue an apply of the deployment's config to the live nginx."""
+        deployment = _deployment(request, pk, Action.EXPORT)
+        url = reverse("admin:routes_deployment_config", args=[deployment.pk])
+        try:
+            record = tasks.start_apply(deployment=deployment)
+        except ApplyRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(url)
+        self.message_user(
+            request,
+            gettext("Apply #%(id)d queued: the worker writes, tests, reloads and verifies it.")
+            % {"id": record.pk},
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(f"{url}?apply={record.pk}#apply")
 
     @method_decorator(require_POST)
     def config_test_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -276,8 +325,8 @@ class NginxPages(DeploymentPages):
 
     @method_decorator(require_http_methods(["GET", "POST"]))
     def config_download_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        """Answer the site file (or ?file=common, the shared file) as a download."""
-        deployment = _deployment(request, pk, Action.EXPORT)
+        """Answer the site file (or ?file=common, the shared file) as a download (VIEW)."""
+        deployment = _deployment(request, pk, Action.VIEW)
         config_url = reverse("admin:routes_deployment_config", args=[deployment.pk])
         try:
             # Neither file is handed out for a deployment that fails a validator, whatever way
@@ -325,7 +374,7 @@ class NginxPages(DeploymentPages):
         )
         return TemplateResponse(request, "admin/routes/nginx/routes.html", context)
 
-    @admin.action(description=_("Download configs as archive"), permissions=["export"])
+    @admin.action(description=_("Download configs as archive"), permissions=["download"])
     def download_archive(
         self, request: HttpRequest, queryset: QuerySet[Deployment]
     ) -> HttpResponse | None:
@@ -335,8 +384,8 @@ class NginxPages(DeploymentPages):
             self,
             request,
             deployments,
-            action=Action.EXPORT,
-            refused_message=gettext("You may not export %(slugs)s; nothing was downloaded."),
+            action=Action.VIEW,
+            refused_message=gettext("You may not download %(slugs)s; nothing was downloaded."),
         ):
             return None
         try:

@@ -31,7 +31,15 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from routes.admin.bulk import refuse_any, valid_pk
 from routes.models import AuditEvent, Deployment
-from routes.permissions import Action, can, can_somewhere, require, teams_where
+from routes.permissions import (
+    Action,
+    RoleRequired,
+    can,
+    can_somewhere,
+    refusal,
+    require,
+    teams_where,
+)
 
 if TYPE_CHECKING:
     from django.db.models.fields import Field
@@ -126,6 +134,15 @@ class RoleTable:
             return can_somewhere(request.user, action)
         return can(request.user, action, self.team_of(obj))
 
+    def refusal(
+        self, request: HttpRequest, operation: str, obj: Model | None = None
+    ) -> RoleRequired:
+        """Return the PermissionDenied that says which role operation on obj needs."""
+        action = self.roles.get(operation)
+        # An operation outside the table is refused to every role, whatever the team.
+        team = self.team_of(obj) if obj is not None and action is not None else None
+        return refusal(request.user, action, team)
+
     def has_module_permission(self, request: HttpRequest) -> bool:
         """Return whether the index lists this model: the user may view it in some team."""
         return self.permitted(request, "view")
@@ -190,7 +207,89 @@ class TrailAdmin(admin.ModelAdmin):
 
 
 class ConsoleAdmin(RoleTable, TrailAdmin):
-    """A ModelAdmin guarded by its roles table that leaves the record keeping to routes.audit."""
+    """A ModelAdmin guarded by its roles table that leaves the record keeping to routes.audit.
+
+    Django's views refuse with a bare PermissionDenied; these say which role was needed.
+    """
+
+    def _explained(
+        self,
+        request: HttpRequest,
+        operation: str,
+        object_id: str | None,
+        view: Callable[[], HttpResponse],
+    ) -> HttpResponse:
+        """Return view(); a bare PermissionDenied becomes the RoleRequired of operation."""
+        try:
+            return view()
+        except RoleRequired:
+            raise
+        except PermissionDenied as exc:
+            # Another team's object was already a 404 before any role was asked for.
+            obj = self.get_object(request, unquote(object_id)) if object_id else None
+            raise self.refusal(request, operation, obj) from exc
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Django's add page; a refusal names the role adding needs."""
+        return self._explained(
+            request,
+            "add",
+            None,
+            lambda: super(ConsoleAdmin, self).add_view(request, form_url, extra_context),
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """Django's change page; a refusal names the role viewing (or saving) needs."""
+        operation = "change" if request.method == "POST" else "view"
+        return self._explained(
+            request,
+            operation,
+            object_id,
+            lambda: super(ConsoleAdmin, self).change_view(
+                request, object_id, form_url, extra_context
+            ),
+        )
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Django's delete page; a refusal names the role deleting needs."""
+        return self._explained(
+            request,
+            "delete",
+            object_id,
+            lambda: super(ConsoleAdmin, self).delete_view(request, object_id, extra_context),
+        )
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The trail's history page; a refusal names the role viewing needs."""
+        return self._explained(
+            request,
+            "view",
+            object_id,
+            lambda: super(ConsoleAdmin, self).history_view(request, object_id, extra_context),
+        )
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Django's list page; a refusal names the role viewing needs."""
+        return self._explained(
+            request,
+            "view",
+            None,
+            lambda: super(ConsoleAdmin, self).changelist_view(request, extra_context),
+        )
 
     # The workflows record each change in the audit trail; a LogEntry would be a second trail.
     # Django ignores what these return, though the stubs ask for a LogEntry.

@@ -12,16 +12,22 @@ from typing import TYPE_CHECKING, Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q, QuerySet
+from django.core.paginator import Paginator
+from django.core.validators import MinValueValidator
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.text import format_lazy
 from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
@@ -34,11 +40,27 @@ from routes.admin.options import (
     viewed_and_managed,
     visible_deployment,
 )
-from routes.models import Deployment, Key, VerificationJob, VerificationRun
+from routes.admin.run_display import TLS_OFF_ACTIONS, cause_views, check_rows, progress_extras
+from routes.models import (
+    MIN_INTERVAL_SECONDS,
+    Deployment,
+    Key,
+    VerificationJob,
+    VerificationRun,
+)
 from routes.permissions import Action, can, teams_where
 from routes.verification import destinations
 from routes.verification.checks import CHECKS
-from routes.verification.runs import planned_checks, probe_key, progress, recent_runs
+from routes.verification.runs import (
+    MAX_INTERVAL_SECONDS,
+    interval_allowed,
+    planned_checks,
+    probe_key,
+    progress,
+    recent_runs,
+    reschedule,
+)
+from routes.workflows.verification import turn_tls_verification_off
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -87,6 +109,11 @@ class VerificationPages(DeploymentPages):
                 name="routes_deployment_verify",
             ),
             path(
+                "<path:object_id>/verify/tls-off/",
+                wrap(self.tls_off_view),
+                name="routes_deployment_verify_tls_off",
+            ),
+            path(
                 "<path:object_id>/keys/<int:key_id>/test/",
                 wrap(self.test_key_view),
                 name="routes_deployment_test_key",
@@ -110,10 +137,15 @@ class VerificationPages(DeploymentPages):
             messages.success(request, _("Verification run #%(id)d queued.") % {"id": queued.pk})
             url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
             return HttpResponseRedirect(f"{url}?run={queued.pk}")
-        deployment = visible_deployment(request, object_id)
+        return self._verify_page(request, visible_deployment(request, object_id))
+
+    def _verify_page(
+        self, request: HttpRequest, deployment: Deployment, *, status: int = 200
+    ) -> TemplateResponse:
+        """Return the verification page: the job, the run (causes first, then its checks)."""
         # Without a stored job the page shows what a first run would do; nothing is saved.
         job = VerificationJob.objects.filter(deployment=deployment).first()
-        runs = VerificationRun.objects.filter(job__deployment=deployment)
+        runs = VerificationRun.objects.filter(job__deployment=deployment).select_related("job")
         run: VerificationRun | None
         if request.GET.get("run", "").isdigit():
             run = runs.filter(pk=int(request.GET["run"])).first()
@@ -121,6 +153,7 @@ class VerificationPages(DeploymentPages):
                 raise Http404(_("No such run for this deployment."))
         else:
             run = runs.order_by("-created_at", "-id").first()
+        causes = cause_views(run, user=request.user, deployment=deployment) if run else []
         context = self.page_context(
             request,
             deployment,
@@ -130,12 +163,41 @@ class VerificationPages(DeploymentPages):
             planned=planned_checks(job or VerificationJob(deployment=deployment)),
             run=run,
             progress=progress(run) if run else None,
+            causes=causes,
+            rows=check_rows(run.results.all(), causes) if run else [],
             may_run=can(request.user, Action.VERIFY, deployment.team_id),
             may_edit_job=can(request.user, Action.EDIT, deployment.team_id),
             job_url=reverse("admin:routes_verificationjob_change", args=[job.pk]) if job else "",
             runs=recent_runs(deployment),
         )
-        return TemplateResponse(request, "admin/routes/verification/verify.html", context)
+        return TemplateResponse(
+            request, "admin/routes/verification/verify.html", context, status=status
+        )
+
+    @method_decorator(require_POST)
+    def tls_off_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: turn the job's TLS verification off (audited) and queue a run."""
+        deployment = visible_deployment(request, object_id)
+        if not all(can(request.user, a, deployment.team_id) for a in TLS_OFF_ACTIONS):
+            messages.error(
+                request,
+                _(
+                    "Only an operator or owner of team %(team)s may turn TLS verification off; "
+                    "nothing was changed."
+                )
+                % {"team": deployment.team.slug},
+            )
+            return self._verify_page(request, deployment, status=403)
+        with transaction.atomic():
+            turn_tls_verification_off(deployment=deployment)
+            queued = tasks.start_run(deployment=deployment, trigger=VerificationRun.Trigger.MANUAL)
+        messages.success(
+            request,
+            _("TLS verification is off for %(name)s; verification run #%(id)d queued.")
+            % {"name": deployment, "id": queued.pk},
+        )
+        url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
+        return HttpResponseRedirect(f"{url}?run={queued.pk}")
 
     @method_decorator(require_POST)
     def test_key_view(self, request: HttpRequest, object_id: str, key_id: int) -> HttpResponse:
@@ -188,6 +250,32 @@ class VerificationPages(DeploymentPages):
 # --- run history ----------------------------------------------------------------------------
 
 
+# Past this many visible deployments the run history's deployment filter lists only the chosen
+# one: ten thousand links would weigh more than the page; the search box finds any slug.
+MAX_DEPLOYMENT_CHOICES = 50
+
+
+class BoundedCountPaginator(Paginator):
+    """Counts at most `bound` rows: the history pages through its newest runs, never COUNTs all.
+
+    ``more`` says that rows lie past the bound; filters reach them.
+    """
+
+    bound = 10_000
+    more = False
+
+    @cached_property
+    def count(self) -> int:
+        """Return the number of rows, at most bound."""
+        rows = self.object_list
+        if not isinstance(rows, QuerySet):
+            return len(rows)
+        # Unordered and cut at bound + 1: the scan stops there and sorts nothing.
+        counted = rows.order_by()[: self.bound + 1].count()
+        self.more = counted > self.bound
+        return min(counted, self.bound)
+
+
 class DeploymentFilter(admin.SimpleListFilter):
     title = _("deployment")
     parameter_name = "deployment"
@@ -195,9 +283,13 @@ class DeploymentFilter(admin.SimpleListFilter):
     def lookups(
         self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
     ) -> list[tuple[str, str]]:
-        return [
-            (str(d.pk), d.slug) for d in Deployment.objects.visible_to(request.user).only("slug")
-        ]
+        visible = Deployment.objects.visible_to(request.user).order_by("slug")
+        choices = list(visible.values_list("pk", "slug")[: MAX_DEPLOYMENT_CHOICES + 1])
+        if len(choices) > MAX_DEPLOYMENT_CHOICES:
+            value = self.value()
+            chosen = int(value) if value and value.isdigit() else None
+            choices = list(visible.filter(pk=chosen).values_list("pk", "slug")) if chosen else []
+        return [(str(pk), slug) for pk, slug in choices]
 
     def queryset(
         self, request: HttpRequest, queryset: QuerySet[VerificationRun]
@@ -218,13 +310,18 @@ class VerificationRunAdmin(ScopedAdmin):
         "triggered_by",
         "created_at",
         "duration_ms",
-        "failed_checks",
+        "failed_count",
     )
     list_display_links = ("id", "deployment")
     list_filter = (DeploymentFilter, "status", "trigger", ("created_at", admin.DateFieldListFilter))
     search_fields = ("job__deployment__slug", "job__deployment__name")
     list_select_related = ("job__deployment", "triggered_by")
-    date_hierarchy = "created_at"
+    # No date_hierarchy: its bar reads the distinct days of every run on each page view, and
+    # the created_at filter already narrows by date. Neither a second COUNT for "N total" nor
+    # facets (a COUNT per filter choice, one per deployment) is worth a pass over every run.
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = BoundedCountPaginator
     fields = (
         "deployment",
         "status_badge",
@@ -244,15 +341,15 @@ class VerificationRunAdmin(ScopedAdmin):
     team_path = "job__deployment__team"
     # Runs are written by the worker and pruned by `manage.py prune_runs`, never by hand.
     roles = {"view": Action.VIEW}
+    # The run's causes come first, above the read-only form (a fix may be a POST button).
+    change_form_template = "admin/routes/verification/run_change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[VerificationRun]:
-        return (
-            VerificationRun.objects.filter(
-                job__deployment__in=Deployment.objects.visible_to(request.user)
-            )
-            .select_related("job__deployment", "triggered_by")
-            .annotate(n_failed=Count("results", filter=Q(results__passed=False)))
-        )
+        runs = VerificationRun.objects.select_related("job__deployment", "triggered_by")
+        if request.user.is_superuser:
+            # Every run is visible: a semi-join with every deployment would only slow each COUNT.
+            return runs
+        return runs.filter(job__deployment__in=Deployment.objects.visible_to(request.user))
 
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
@@ -270,7 +367,21 @@ class VerificationRunAdmin(ScopedAdmin):
         run = self.get_object(request, object_id)
         if not self.has_view_permission(request, run):
             raise PermissionDenied
-        return JsonResponse(progress(run))
+        extras = progress_extras(run, user=request.user, results=list(run.results.all()))
+        return JsonResponse({**progress(run), **extras})
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: VerificationRun | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context["causes"] = cause_views(obj, user=request.user)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     @admin.display(description=_("deployment"), ordering="job__deployment__slug")
     def deployment(self, obj: VerificationRun) -> str:
@@ -280,19 +391,20 @@ class VerificationRunAdmin(ScopedAdmin):
     def status_badge(self, obj: VerificationRun) -> SafeString:
         return status_badge(obj.status, obj.get_status_display())
 
-    @admin.display(description=_("failed checks"))
-    def failed_checks(self, obj: VerificationRun) -> int | None:
-        return getattr(obj, "n_failed", None)
-
     @admin.display(description=_("checks"))
     def checks_table(self, obj: VerificationRun) -> SafeString:
-        return render_to_string(
-            "admin/routes/verification/check_table.html",
-            {"results": list(obj.results.all()), "run": obj},
-        )
+        # Numbered as the causes above it; without a user, so no fix link is looked up.
+        rows = check_rows(obj.results.all(), cause_views(obj, user=None))
+        return render_to_string("admin/routes/verification/check_table.html", {"rows": rows})
 
 
 # --- jobs -------------------------------------------------------------------------------------
+
+
+# The highest slow threshold: ten minutes, far above any check's timeout.
+MAX_SLOW_THRESHOLD_MS = 600_000
+# Job columns only the scheduler writes, but when the interval changes.
+SCHEDULER_FIELDS = ("next_run_at", "last_enqueued_at")
 
 
 class VerificationJobForm(forms.ModelForm):
@@ -301,7 +413,8 @@ class VerificationJobForm(forms.ModelForm):
     enabled_checks = forms.MultipleChoiceField(
         label=_("enabled checks"),
         required=False,
-        choices=[(c.id, f"{c.id}: {c.label}") for c in CHECKS.values()],
+        # Lazy, so that each request reads the labels in its own language.
+        choices=[(c.id, format_lazy("{}: {}", c.id, c.label)) for c in CHECKS.values()],
         widget=forms.CheckboxSelectMultiple,
         help_text=_("None ticked: every check that applies to the deployment runs."),
     )
@@ -314,8 +427,24 @@ class VerificationJobForm(forms.ModelForm):
             "verify_tls",
             "timeout_seconds",
             "enabled_checks",
-            "interval_minutes",
+            "interval_seconds",
+            "slow_threshold_ms",
         )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The range checks below name the field and its whole range; a positive integer
+        # field's own "at least 0" would say neither.
+        ranges = {
+            "interval_seconds": (MIN_INTERVAL_SECONDS, MAX_INTERVAL_SECONDS),
+            "slow_threshold_ms": (1, MAX_SLOW_THRESHOLD_MS),
+        }
+        for name, (low, high) in ranges.items():
+            if name not in self.fields:
+                continue
+            field = self.fields[name]
+            field.validators = [v for v in field.validators if not isinstance(v, MinValueValidator)]
+            field.widget.attrs.update({"min": low, "max": high})
 
     def clean_timeout_seconds(self) -> float:
         value = self.cleaned_data["timeout_seconds"]
@@ -323,12 +452,29 @@ class VerificationJobForm(forms.ModelForm):
             raise ValidationError(_("Give 0.5 to 120 seconds."), code="invalid")
         return value
 
-    def clean_interval_minutes(self) -> int | None:
-        value = self.cleaned_data["interval_minutes"]
-        if value is not None and not 1 <= value <= 10080:
+    def clean_interval_seconds(self) -> int | None:
+        value = self.cleaned_data["interval_seconds"]
+        if not interval_allowed(value):
             raise ValidationError(
-                _("Give 1 to 10080 minutes (a week), or leave empty for manual runs only."),
+                _(
+                    "Interval: give %(min)d to %(max)d seconds (a week), or leave it empty for "
+                    "manual runs only."
+                ),
                 code="invalid",
+                params={"min": MIN_INTERVAL_SECONDS, "max": MAX_INTERVAL_SECONDS},
+            )
+        return value
+
+    def clean_slow_threshold_ms(self) -> int | None:
+        value = self.cleaned_data["slow_threshold_ms"]
+        if value is not None and not 1 <= value <= MAX_SLOW_THRESHOLD_MS:
+            raise ValidationError(
+                _(
+                    "Slow threshold: give 1 to %(max)d milliseconds, or leave it empty for no "
+                    "slow warning."
+                ),
+                code="invalid",
+                params={"max": MAX_SLOW_THRESHOLD_MS},
             )
         return value
 
@@ -372,12 +518,12 @@ class VerificationJobAdmin(ScopedAdmin):
         "deployment",
         "effective_base_url",
         "verify_tls",
-        "interval_minutes",
-        "last_enqueued_at",
+        "interval_seconds",
+        "next_run",
     )
     list_select_related = ("deployment",)
     search_fields = ("deployment__slug", "deployment__name")
-    readonly_fields = ("last_enqueued_at",)
+    readonly_fields = ("next_run", "last_enqueued_at")
     actions = None
     missing_message = _("No such job in your teams.")
     team_path = "deployment__team"
@@ -392,7 +538,7 @@ class VerificationJobAdmin(ScopedAdmin):
         self, request: HttpRequest, obj: VerificationJob | None = None
     ) -> tuple[str, ...]:
         # The deployment of an existing job never changes (one job per deployment).
-        return ("deployment", "last_enqueued_at") if obj else ("last_enqueued_at",)
+        return ("deployment", *self.readonly_fields) if obj else self.readonly_fields
 
     def formfield_for_foreignkey(
         self, db_field: Any, request: HttpRequest, **kwargs: Any
@@ -407,6 +553,15 @@ class VerificationJobAdmin(ScopedAdmin):
     def effective_base_url(self, obj: VerificationJob) -> str:
         return obj.effective_base_url
 
+    @admin.display(description=_("next run"), ordering="next_run_at")
+    def next_run(self, obj: VerificationJob) -> str:
+        """Return when the scheduler runs the job next: a time, "due now" or "manual only"."""
+        if obj.pk is None or obj.interval_seconds is None:
+            return str(_("manual only"))
+        if obj.next_run_at is None or obj.next_run_at <= timezone.now():
+            return str(_("due now (at the scheduler's next pass)"))
+        return date_format(localtime(obj.next_run_at), "Y-m-d H:i:s")
+
     def save_model(
         self,
         request: HttpRequest,
@@ -417,7 +572,18 @@ class VerificationJobAdmin(ScopedAdmin):
         stored = VerificationJob.objects.filter(pk=obj.pk).first() if change and obj.pk else None
         before = audit.snapshot(stored) if stored is not None else {}
         origins_before = destinations.key_origins(obj.deployment, job=stored)
-        obj.save()
+        reschedule(obj, previous_interval=stored.interval_seconds if stored else None)
+        if stored is not None and obj.next_run_at == stored.next_run_at:
+            # The schedule stays: its columns are the scheduler's, which may claim meanwhile.
+            obj.save(
+                update_fields=[
+                    f.name
+                    for f in obj._meta.concrete_fields
+                    if f.name not in SCHEDULER_FIELDS and not f.primary_key
+                ]
+            )
+        else:
+            obj.save()
         audit.record(
             action="verification_job.change" if change else "verification_job.create",
             team=obj.deployment.team_id,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -26,6 +26,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from routes import keys as keyring
 from routes.admin.dashboard import optional_url
 from routes.admin.options import DeploymentPages, visible_deployment
+from routes.forms import warn_about_keys
 from routes.models import (
     DEPLOYMENT_FIELDS,
     DOCKER_PRESET,
@@ -35,7 +36,7 @@ from routes.models import (
     Key,
 )
 from routes.nginx.render import COMMON_FILENAME, render_common, render_site, site_filename
-from routes.permissions import Action, can, require, teams_where
+from routes.permissions import Action, can, refusal, require, teams_where
 from routes.verification import destinations
 from routes.workflows.deployments import save_deployment
 from routes.workflows.keys import set_key
@@ -184,6 +185,11 @@ class KeysStepForm(forms.Form):
 
     ROLES = (keyring.CPAMP_ADMIN, keyring.CPA_MANAGEMENT, keyring.CPA_API)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What the key rules accept but the operator should hear about (a short key).
+        self.warnings: list[str] = []
+
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
@@ -197,8 +203,9 @@ class KeysStepForm(forms.Form):
                 *keyring.check_shape(role, secret, custom_format=custom),
                 reuse.refusal(role, secret),
             ]
-            for refusal in filter(None, refusals):
-                self.add_error(role, ValidationError(refusal.message, code=refusal.code))
+            for refused in filter(None, refusals):
+                self.add_error(role, ValidationError(refused.message, code=refused.code))
+            self.warnings += [w.message for w in keyring.shape_warnings(role, secret)]
         return data
 
     def secrets(self) -> list[tuple[str, str]]:
@@ -310,7 +317,7 @@ class WizardPages(DeploymentPages):
                     request, gettext("Deployments belong to a team: create a team first.")
                 )
                 return HttpResponseRedirect(team_add_url)
-            raise PermissionDenied
+            raise refusal(request.user, Action.CREATE, None)
         if request.method == "POST":
             form = DeploymentStepForm(request.POST, user=request.user)
             if form.is_valid():
@@ -359,7 +366,7 @@ class WizardPages(DeploymentPages):
         may_manage = can(request.user, Action.MANAGE_KEYS, deployment.team_id)
         if request.method == "POST":
             if not may_manage:
-                raise PermissionDenied
+                raise refusal(request.user, Action.MANAGE_KEYS, deployment.team)
             form = KeysStepForm(request.POST)
             if form.is_valid():
                 try:
@@ -369,6 +376,7 @@ class WizardPages(DeploymentPages):
                     pass
                 else:
                     _remember(request, deployment, 3)
+                    warn_about_keys(request, [form])
                     count = len(form.secrets())
                     if count:
                         messages.success(
@@ -410,6 +418,7 @@ class WizardPages(DeploymentPages):
             ],
             finish_url=_step_url(deployment, 3),
             change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
+            short_key=keyring.SHORT_KEY,
         )
         return TemplateResponse(request, "admin/routes/wizard/keys.html", context)
 

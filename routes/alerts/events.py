@@ -144,14 +144,27 @@ def _message_of(payload: Mapping[str, Any]) -> Message:
             _("No deployment changed state."),
         ]
     else:
-        if payload.get("event") == Event.RECOVERED:
+        # An apply to nginx (routes/nginx/apply.py) that was undone names its apply.
+        values["apply"] = payload.get("apply")
+        if payload.get("event") == Event.ROLLBACK_FAILED:
+            subject = _(
+                "CPA console: ROLLBACK FAILED for %(deployment)s (apply #%(apply)s): nginx may "
+                "be serving a broken config"
+            )
+        elif payload.get("event") == Event.ROLLED_BACK:
+            subject = _("CPA console: apply #%(apply)s to %(deployment)s was rolled back")
+        elif payload.get("event") == Event.RECOVERED:
             subject = _("CPA console: %(deployment)s recovered (run #%(run)s %(status)s)")
         elif payload.get("reminder"):
             subject = _("CPA console: %(deployment)s is still down (run #%(run)s %(status)s)")
         else:
             subject = _("CPA console: %(deployment)s is down (run #%(run)s %(status)s)")
         subject %= values
-        lines = [_("Deployment %(deployment)s of team %(team)s: run #%(run)s %(status)s.") % values]
+        if values["apply"] is not None:
+            line = _("Deployment %(deployment)s of team %(team)s: apply #%(apply)s %(status)s.")
+        else:
+            line = _("Deployment %(deployment)s of team %(team)s: run #%(run)s %(status)s.")
+        lines = [line % values]
         causes = payload.get("causes") or []
         if causes:
             lines += ["", _("Causes:")]

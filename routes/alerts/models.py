@@ -136,6 +136,9 @@ class NotificationDelivery(models.Model):
         RECOVERED = "recovered", _("recovered")
         REMINDER = "reminder", _("still down (reminder)")
         TEST = "test", _("test")
+        # An apply to nginx that was undone, or whose undoing failed (routes/nginx/apply.py).
+        ROLLED_BACK = "rolled_back", _("apply rolled back")
+        ROLLBACK_FAILED = "rollback_failed", _("apply rollback failed")
 
     class Result(models.TextChoices):
         PENDING = "pending", _("pending")
@@ -153,7 +156,7 @@ class NotificationDelivery(models.Model):
     # Empty for a test notification. A pruned run takes its deliveries with it.
     deployment = optional_link("routes.Deployment", _("deployment"))
     run = optional_link("routes.VerificationRun", _("run"))
-    event = models.CharField(_("event"), max_length=10, choices=Event.choices)
+    event = models.CharField(_("event"), max_length=20, choices=Event.choices)
     attempt = models.PositiveSmallIntegerField(_("attempt"), default=1)
     result = models.CharField(
         _("result"), max_length=10, choices=Result.choices, default=Result.PENDING, db_index=True
@@ -176,7 +179,16 @@ class NotificationDelivery(models.Model):
         verbose_name_plural = _("notification deliveries")
         constraints = [
             models.CheckConstraint(
-                condition=Q(event__in=["failed", "recovered", "reminder", "test"]),
+                condition=Q(
+                    event__in=[
+                        "failed",
+                        "recovered",
+                        "reminder",
+                        "test",
+                        "rolled_back",
+                        "rollback_failed",
+                    ]
+                ),
                 name="delivery_event_valid",
             ),
             models.CheckConstraint(

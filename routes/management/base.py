@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 from routes.context import acting
@@ -15,10 +16,14 @@ from routes.models import Deployment, Team
 
 
 class ConsoleCommand(BaseCommand):
-    """A command whose work is recorded as the server administrator's ("command")."""
+    """A command whose work is recorded as the server administrator's ("command").
+
+    It prints English whatever language its thread had active (a script parses the same words
+    everywhere); a command with ``--lang`` switches inside handle().
+    """
 
     def execute(self, *args: Any, **options: Any) -> str | None:
-        with acting(label="command"):
+        with acting(label="command"), translation.override("en"):
             return super().execute(*args, **options)
 
 

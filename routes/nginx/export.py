@@ -19,10 +19,12 @@ import re
 import stat
 import tarfile
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -434,7 +436,11 @@ def remove_leftovers(directory: Path, owned: Iterable[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def export_lock(directory: Path, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the directory's export lock inside the block (exports and applies take turns).
+
+    With a timeout, ExportError when another holder keeps it longer than that many seconds.
+    """
     # Two exports into one directory at once would race on the manifest.
     path = directory / LOCK
     try:
@@ -450,11 +456,32 @@ def _locked(directory: Path) -> Iterator[None]:
             raise ExportError(
                 _("%(path)s is not a regular file; remove it and export again.") % {"path": path}
             )
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        _take(fh, path, timeout)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _take(fh: IO[str], path: Path, timeout: float | None) -> None:
+    if timeout is None:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ExportError(
+                    _(
+                        "Another apply or export is writing to %(dir)s and did not finish within "
+                        "%(seconds)d seconds; nothing was changed. Try again when it is done."
+                    )
+                    % {"dir": path.parent, "seconds": round(timeout)}
+                ) from None
+            time.sleep(0.1)
 
 
 def read_manifest(directory: Path) -> dict[str, dict]:
@@ -586,13 +613,16 @@ def write_export(
     source: str = "command",
     prune: bool = False,
     prune_team: str | None = None,
+    lock: bool = True,
+    record: bool = True,
 ) -> ExportResult:
     """Write the deployments' configs into output_dir atomically and record the export.
 
     With ``check``, real `nginx -t` runs on the new files together with the owned files that stay,
     before anything is replaced; a failure raises ExportError and changes nothing. With
     ``prune``, owned files of deployments not in this export (of ``prune_team`` when given) are
-    removed. Files the console does not own are never replaced or removed.
+    removed. Files the console does not own are never replaced or removed. ``lock=False``: the
+    caller holds export_lock already (an apply); ``record=False``: the caller records the export.
     """
     deployments = prepared(deployments)
     sites = render_sites(deployments)
@@ -613,7 +643,7 @@ def write_export(
             }
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory):
+    with export_lock(directory) if lock else contextlib.nullcontext():
         owned = read_manifest(directory)
         exported = {d.slug for d in deployments}
         # A file is stale when its deployment is no longer exported, not merely when this export
@@ -701,9 +731,10 @@ def write_export(
         # After the writes: a refused export changes nothing, leftovers included.
         result.leftovers = remove_leftovers(directory, {*owned, *entries})
         fsync_dir(directory)
-    result.exports = record_exports(
-        texts=[(d, sites[site_filename(d)]) for d in deployments], source=source
-    )
+    if record:
+        result.exports = record_exports(
+            texts=[(d, sites[site_filename(d)]) for d in deployments], source=source
+        )
     return result
 
 

@@ -7,6 +7,8 @@ deployment raises InvalidDeployment before a single line is produced.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 COMMON_FILENAME = "00-console-common.conf"
 SITE_SUFFIX = ".conf"
 TRACE_HEADER = "X-Console-Upstream"
+# Which rendered config answers: the site file's config_hash, added next to the trace header.
+CONFIG_HEADER = "X-Console-Config"
 UPSTREAM_PREFIX = "console_"
 OVERRIDES_SECTION = "# ===== Overrides ====="
 FALLBACK_SECTION = "# ===== Fallback ====="
@@ -47,6 +51,9 @@ HEADER_SET = (
     ("Connection", "$connection_upgrade"),
 )
 _HEADER_LINES = tuple(f"        proxy_set_header {name:<17} {value};" for name, value in HEADER_SET)
+# The config hash cannot cover the lines that carry it: they are left out of what is hashed.
+_CONFIG_LINE = re.compile(rf"^[ \t]*add_header[ \t]+{CONFIG_HEADER}[ \t][^\n]*(?:\n|$)", re.M)
+_HASH_PLACEHOLDER = "@console-config-hash@"
 
 
 class InvalidDeployment(ValueError):
@@ -293,7 +300,30 @@ def _proxy_block(deployment: Deployment, target: str, vars_: dict[str, str]) -> 
     out.extend(_HEADER_LINES)
     if deployment.route_tracing:
         out.append(f"        add_header {TRACE_HEADER} {target} always;")
+        out.append(f"        add_header {CONFIG_HEADER} {_HASH_PLACEHOLDER} always;")
     return out
+
+
+def config_hash(text: str) -> str:
+    """Return the SHA-256 of a site file with its ``add_header X-Console-Config`` lines left out.
+
+    The same as ``grep -v 'add_header X-Console-Config' prod.conf | sha256sum``: the hash a
+    rendered file carries in X-Console-Config is the hash of the rest of that file, so it can be
+    checked from the file alone, and a file written before the header existed has one too.
+    """
+    return hashlib.sha256(without_config_hash(text).encode("utf-8")).hexdigest()
+
+
+def without_config_hash(text: str) -> str:
+    """Return a site file without its X-Console-Config lines: what config_hash covers."""
+    return _CONFIG_LINE.sub("", text)
+
+
+def _with_hash(text: str) -> str:
+    """Return text with the placeholder of the config hash replaced by the hash itself."""
+    if _HASH_PLACEHOLDER not in text:
+        return text
+    return text.replace(_HASH_PLACEHOLDER, config_hash(text))
 
 
 @lru_cache(maxsize=256)
@@ -401,7 +431,12 @@ def render_site(deployment: Deployment, overrides: Sequence[RouteOverride] | Non
         out.append(f"    server_name {deployment.server_name};")
         out.append(f"    return 301 https://$host{port}$request_uri;")
         out.append("}")
-    return "\n".join(out) + "\n"
+    return _with_hash("\n".join(out) + "\n")
+
+
+def rendered_hash(deployment: Deployment) -> str:
+    """Return the config hash of the deployment's site file as rendered now."""
+    return config_hash(render_site(deployment))
 
 
 def _bucket_size(server_names: Iterable[str]) -> int:

@@ -25,7 +25,7 @@ from routes.verification.checks import check_label
 from routes.verification.http import CPA, CPAMP
 
 if TYPE_CHECKING:
-    from routes.models import Deployment, VerificationRun
+    from routes.models import CheckResult, Deployment, VerificationRun
 
 # Fix kinds (the page links each to where it is made).
 BASE_URL = "base_url"
@@ -248,11 +248,15 @@ def group(results: Iterable[Failed], *, deployment: Deployment | None = None) ->
     ]
 
 
-def _old_row_causes(run: VerificationRun) -> list[dict]:
+def _old_row_causes(run: VerificationRun, failed: Sequence[CheckResult] | None) -> list[dict]:
     """Return causes for a run stored before causes were (one per failed check)."""
-    rows = list(run.results.filter(passed=False).order_by("position", "id"))
+    if failed is None:
+        rows = list(run.results.filter(passed=False).order_by("position", "id"))
+    else:
+        rows = sorted((r for r in failed if not r.passed), key=lambda r: (r.position, r.pk))
     if any(r.diagnosis_code for r in rows):
-        return group(rows, deployment=run.job.deployment)
+        # Loaded by the caller (the dashboard): no query here, so no override is looked up.
+        return group(rows, deployment=run.job.deployment if failed is None else None)
     # Without a code, the check's id stands for the cause (as notifications always named it).
     return [
         {
@@ -267,14 +271,17 @@ def _old_row_causes(run: VerificationRun) -> list[dict]:
     ]
 
 
-def render_causes(run: VerificationRun) -> list[dict[str, Any]]:
+def render_causes(
+    run: VerificationRun, *, failed: Sequence[CheckResult] | None = None
+) -> list[dict[str, Any]]:
     """Return the run's causes with "diagnosis" (and "labels" of its checks) in the active language.
 
-    Empty while the run is unfinished or when it passed.
+    Empty while the run is unfinished or when it passed. failed: the run's failed results when
+    the caller has loaded them, for runs stored before causes were.
     """
     stored: Sequence[Mapping[str, Any]] = run.causes or []
     if not stored and run.status == "failed":
-        stored = _old_row_causes(run)
+        stored = _old_row_causes(run, failed)
     rendered = []
     for cause in stored:
         code = str(cause.get("code", ""))

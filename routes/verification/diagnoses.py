@@ -400,6 +400,16 @@ def _certificate_not_verified(p: Params) -> str:
     return _("Not verified: TLS verification is off for this job.")
 
 
+def _slow(p: Params) -> str:
+    text = _("Slow: %(latency)d ms, above the job's %(threshold)d ms threshold.") % {
+        "latency": p["latency_ms"],
+        "threshold": p["threshold_ms"],
+    }
+    # The warning the check had before it was slow, in its own words.
+    also = render(p["also"], p.get("also_params") or {}) if p.get("also") else ""
+    return f"{text} {also}" if also else text
+
+
 def _cpa_not_reachable(p: Params) -> str:
     return _(
         "Skipped: CPA is not reachable from the console at %(url)s (%(reason)s). That is normal "
@@ -536,6 +546,7 @@ TEXTS: dict[str, Callable[[Params], str]] = {
     # warnings
     "certificate_not_verified": _certificate_not_verified,
     "cpa_not_reachable_from_console": _cpa_not_reachable,
+    "slow": _slow,
 }
 
 

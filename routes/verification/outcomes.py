@@ -73,6 +73,8 @@ class Context:
     key_sets: dict[str, list[StoredKey]] = field(default_factory=dict)
     # What the run has seen so far, for the checks that read it (cpa_version: X-CPA-VERSION).
     observed: dict[str, str] = field(default_factory=dict)
+    # The job's slow threshold: a check that passes slower carries a "slow" warning (flag_slow).
+    slow_threshold_ms: int | None = None
 
     @property
     def tracing(self) -> bool:
@@ -466,6 +468,22 @@ def certificate(
         reason = "self_signed" if self_signed else ""
         outcome.warn(dx.Diagnosis("certificate_not_verified", {"reason": reason}))
     return outcome
+
+
+def flag_slow(outcome: CheckOutcome, ctx: Context) -> None:
+    """Warn on outcome when it passed slower than the job's slow threshold; it still passes.
+
+    A warning it had already is kept inside the slow one, and shown after it.
+    """
+    threshold, latency = ctx.slow_threshold_ms, outcome.latency_ms
+    if threshold is None or latency is None or latency <= threshold:
+        return
+    if not outcome.passed or outcome.details.get("skipped"):
+        return
+    params: dict[str, Any] = {"latency_ms": latency, "threshold_ms": threshold}
+    if outcome.warning_code:
+        params["also"], params["also_params"] = outcome.warning_code, outcome.warning_params
+    outcome.warn(dx.Diagnosis("slow", params))
 
 
 def mark_withheld(outcome: CheckOutcome, origin: str) -> None:

@@ -51,11 +51,13 @@ def build_context(
     secrets: Iterable[str] = (),
     key_origins: Iterable[str] | None = None,
     key_sets: Mapping[str, list[StoredKey]] | None = None,
+    slow_threshold_ms: int | None = None,
 ) -> Context:
     """Return the context of one run: keys by role and a redactor for every secret.
 
     Keys go only to key_origins; by default the origins an owner confirmed for the deployment.
     key_sets: every stored key by role, for the checks that send each one (api_models).
+    slow_threshold_ms: the job's; a check passing slower carries a "slow" warning.
     """
     base_url = base_url.rstrip("/")
     if key_origins is None:
@@ -70,6 +72,7 @@ def build_context(
         host_header=host_header(base_url, deployment.server_name),
         key_origins=frozenset(key_origins) - {""},
         key_sets={role: list(stored) for role, stored in (key_sets or {}).items()},
+        slow_threshold_ms=slow_threshold_ms,
     )
 
 
@@ -194,10 +197,13 @@ _TRANSPORTS: dict[str, Callable[[Check, Context], CheckOutcome]] = {TLS: _tls_ch
 def run_check(check: Check, ctx: Context) -> CheckOutcome:
     """Run one check; any unexpected error becomes a failed outcome, never an exception."""
     try:
-        return _TRANSPORTS.get(check.transport, _http_check)(check, ctx)
+        outcome = _TRANSPORTS.get(check.transport, _http_check)(check, ctx)
     except Exception as exc:  # a bug in one check must not lose the others
         logger.exception("verification check %s failed", check.id)
         return out.internal_error(check, ctx, exc)
+    # Every check passes through here once, whatever its transport: the one place for this.
+    out.flag_slow(outcome, ctx)
+    return outcome
 
 
 # --- a run's checks -------------------------------------------------------------------------

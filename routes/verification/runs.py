@@ -3,23 +3,27 @@
 A run is created queued (create_run; routes/tasks.py queues it), claimed by one worker with a
 conditional update (execute_run), and its results are stored as they arrive. Runs whose worker
 died are swept (sweep_stale_runs) by the worker and the scheduler, never by a page view. This
-module also answers the scheduling queries, prunes old runs, probes single keys and feeds the
-admin its data (never its HTML).
+module also schedules (due jobs claimed with a conditional update, and the scheduler's loop,
+run_schedule), prunes old runs, probes single keys and feeds the admin and the commands their
+data (never HTML).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db import connection, transaction
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -28,7 +32,15 @@ from routes import audit
 from routes import keys as keyring
 from routes import validators as v
 from routes.context import current_actor
-from routes.models import CheckResult, Deployment, Key, Team, VerificationJob, VerificationRun
+from routes.models import (
+    MIN_INTERVAL_SECONDS,
+    CheckResult,
+    Deployment,
+    Key,
+    Team,
+    VerificationJob,
+    VerificationRun,
+)
 from routes.verification import causes, destinations
 from routes.verification import diagnoses as dx
 from routes.verification.checks import (
@@ -126,7 +138,7 @@ def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
     The deadline stored at claim time is when run_checks gives up, so a live worker is done by
     then; CONSOLE_RUN_STALE_AFTER is the grace for storing its results. A run claimed without a
     stored deadline (before there was one) counts from its start. Called by the worker before
-    each run and by the scheduler (``verify --due``), never by a page view.
+    each run and by the scheduler (``run_scheduler``, ``verify --due``), never by a page view.
     """
     now = now or timezone.now()
     grace = settings.CONSOLE_RUN_STALE_AFTER
@@ -144,6 +156,7 @@ def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
         updated = VerificationRun.objects.filter(overdue, pk=run.pk, status=Status.RUNNING).update(
             status=Status.ERROR,
             finished_at=now,
+            **stored_counts(),
             error=_("The worker stopped before the run finished (no result after %(s)d s).")
             % {"s": waited},
         )
@@ -233,6 +246,20 @@ def _store(run: VerificationRun, outcomes: list[CheckOutcome]) -> None:
     )
 
 
+def stored_counts() -> dict[str, Coalesce]:
+    """Return update() values that count a run's stored results: check_count and failed_count.
+
+    Counted in the UPDATE that finishes the run, from the rows themselves: every result is
+    stored by then, whichever way the run ended.
+    """
+    results = CheckResult.objects.filter(run=OuterRef("pk")).order_by().values("run")
+
+    def count(rows: QuerySet[CheckResult, Any]) -> Coalesce:
+        return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n")), 0)
+
+    return {"check_count": count(results), "failed_count": count(results.filter(passed=False))}
+
+
 def _notes(stored: StoredKeys, outcomes: list[CheckOutcome]) -> str:
     """Return the run's remarks: keys left out, and destinations keys were held back from."""
     notes = []
@@ -287,6 +314,7 @@ def execute_run(
             secrets=stored.secrets,
             key_origins=[*destinations.confirmed_origins(deployment), *extra_key_origins],
             key_sets=stored.sets,
+            slow_threshold_ms=job.slow_threshold_ms,
         )
         redact = ctx.redact
         plan = plan_checks(deployment, roles=stored.by_role, enabled=job.enabled_checks or ())
@@ -304,7 +332,12 @@ def execute_run(
         error = redact.cut(f"{type(exc).__name__}: {exc}", 500)
     duration = int((time.monotonic() - started) * 1000)
     VerificationRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
-        status=status, finished_at=timezone.now(), duration_ms=duration, error=error, causes=found
+        status=status,
+        finished_at=timezone.now(),
+        duration_ms=duration,
+        error=error,
+        causes=found,
+        **stored_counts(),
     )
     run.refresh_from_db()
     audit.record(
@@ -348,49 +381,177 @@ def verify_now(
 
 # --- scheduling and pruning -----------------------------------------------------------------
 
+# The longest schedule a job may have: a week.
+MAX_INTERVAL_SECONDS = 7 * 24 * 3600
+# Due jobs one scheduler pass claims at most, so a pass stays short even when thousands fall due
+# together (after an import); the rest are claimed by the next passes, a second apart.
+CLAIMS_PER_PASS = 200
+# Milliseconds one statement of a scheduler pass may take on PostgreSQL, a wait for a row lock
+# included: a pass never hangs behind a stuck transaction.
+PASS_STATEMENT_TIMEOUT_MS = 10_000
 
-def due_jobs(*, now: dt.datetime | None = None, team: Team | None = None) -> list[VerificationJob]:
-    """Return scheduled jobs whose interval has passed and that have no run in progress."""
+
+def interval_allowed(value: int | None) -> bool:
+    """Return True when value is a schedule a job may have: none, or 20 s to a week."""
+    return value is None or MIN_INTERVAL_SECONDS <= value <= MAX_INTERVAL_SECONDS
+
+
+def reschedule(
+    job: VerificationJob, *, previous_interval: int | None, now: dt.datetime | None = None
+) -> None:
+    """Set job.next_run_at (not saved) for an interval that is new or changed; else keep it.
+
+    A job given an interval is due one interval after its last scheduled run, or at once when
+    it has none (or that is past); a job without one has no next run.
+    """
+    if job.interval_seconds == previous_interval and (
+        job.interval_seconds is None or job.next_run_at is not None
+    ):
+        return
+    if job.interval_seconds is None:
+        job.next_run_at = None
+        return
     now = now or timezone.now()
-    jobs = VerificationJob.objects.filter(interval_minutes__isnull=False).select_related(
-        "deployment"
+    last = job.last_enqueued_at
+    job.next_run_at = max(now, last + dt.timedelta(seconds=job.interval_seconds)) if last else now
+
+
+def due_jobs(
+    *, now: dt.datetime | None = None, team: Team | None = None, limit: int | None = None
+) -> list[VerificationJob]:
+    """Return scheduled jobs whose next run is due and that have no run in progress.
+
+    Oldest due first (never run first); at most limit of them.
+    """
+    now = now or timezone.now()
+    # Two equalities, not IN: SQLite reads the partial index of these statuses only so.
+    busy = VerificationRun.objects.filter(
+        Q(status=Status.QUEUED) | Q(status=Status.RUNNING)
+    ).values("job_id")
+    jobs = (
+        VerificationJob.objects.filter(interval_seconds__isnull=False)
+        .filter(Q(next_run_at__isnull=True) | Q(next_run_at__lte=now))
+        .exclude(pk__in=busy)
+        .select_related("deployment")
+        .order_by(F("next_run_at").asc(nulls_first=True), "pk")
     )
     if team is not None:
         jobs = jobs.filter(deployment__team=team)
-    busy = VerificationRun.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).values(
-        "job_id"
-    )
-    due = []
-    for job in jobs.exclude(pk__in=busy):
-        last = job.last_enqueued_at
-        interval = job.interval_minutes or 0
-        if last is None or last + dt.timedelta(minutes=interval) <= now:
-            due.append(job)
-    return due
+    return list(jobs[:limit] if limit is not None else jobs)
+
+
+def _following_slot(job: VerificationJob, *, now: dt.datetime) -> dt.datetime:
+    """Return the next run after the one job is claimed for now.
+
+    On the job's own grid (claimed slot + interval) while the scheduler keeps up, so runs do not
+    drift by a pass each time; one interval from now when it fell behind, so a job that was busy
+    or stopped does not get a burst of catch-up runs.
+    """
+    interval = dt.timedelta(seconds=job.interval_seconds or MIN_INTERVAL_SECONDS)
+    if job.next_run_at is not None and job.next_run_at + interval > now:
+        return job.next_run_at + interval
+    return now + interval
+
+
+def claim_slot(job: VerificationJob, *, now: dt.datetime | None = None) -> bool:
+    """Move job's next run on if it is still what was read into job; return True for the winner.
+
+    The conditional UPDATE (next_run_at IS NOT DISTINCT FROM the value read) is the claim: of
+    several schedulers that read the same due job, on PostgreSQL as on SQLite, exactly one
+    updates the row and only it creates the run. The interval is part of the condition, so a job
+    whose schedule was just removed or changed is not claimed on its old one.
+    """
+    now = now or timezone.now()
+    # filter(next_run_at=None) is IS NULL: the condition holds for a never-run job as well.
+    claimed = VerificationJob.objects.filter(
+        pk=job.pk, next_run_at=job.next_run_at, interval_seconds=job.interval_seconds
+    ).update(next_run_at=_following_slot(job, now=now), last_enqueued_at=now)
+    return claimed == 1
 
 
 def claim_due_runs(
-    *, now: dt.datetime | None = None, team: Team | None = None
+    *, now: dt.datetime | None = None, team: Team | None = None, limit: int = CLAIMS_PER_PASS
 ) -> list[VerificationRun]:
-    """Create a queued scheduled run for every due job; return them, for the caller to queue.
+    """Create a queued scheduled run for every due job this caller claims; return them to queue.
 
-    Stale runs are swept first, so a dead worker's run does not keep its job busy forever.
+    Stale runs are swept first, so a dead worker's run does not keep its job busy forever. At
+    most limit jobs per call; the others stay due for the next call.
     """
     now = now or timezone.now()
     sweep_stale_runs(now=now)
-    runs = []
-    for job in due_jobs(now=now, team=team):
-        # Claim with a conditional update, so two overlapping cron calls create one run.
-        claimed = VerificationJob.objects.filter(
-            pk=job.pk, last_enqueued_at=job.last_enqueued_at
-        ).update(last_enqueued_at=now)
-        if claimed:
-            runs.append(
+    created = []
+    for job in due_jobs(now=now, team=team, limit=limit):
+        # The claim and its run commit together: no claimed slot without a run, nor the reverse.
+        with transaction.atomic():
+            if not claim_slot(job, now=now):
+                continue
+            created.append(
                 VerificationRun.objects.create(
                     job=job, trigger=Trigger.SCHEDULED, base_url=job.effective_base_url.rstrip("/")
                 )
             )
-    return runs
+    return created
+
+
+def _error_summary(exc: BaseException) -> str:
+    """Return exc's class and first line, cut short, without the database password."""
+    password = str(settings.DATABASES.get("default", {}).get("PASSWORD") or "")
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return Redactor([password]).cut(text, 300, marker="…")
+
+
+def _bound_statements() -> None:
+    """On PostgreSQL, bound each statement of this connection, lock waits included."""
+    if connection.vendor != "postgresql":
+        # SQLite waits for a lock at most its "timeout" option (console/settings.py).
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, "
+            "false)",
+            [str(PASS_STATEMENT_TIMEOUT_MS), str(PASS_STATEMENT_TIMEOUT_MS // 2)],
+        )
+
+
+def run_schedule(
+    enqueue: Callable[[], Sized],
+    *,
+    stop: threading.Event,
+    every: float = 1.0,
+    pause_after_error: float = 5.0,
+) -> int:
+    """Call enqueue about every `every` seconds until stop is set; return the runs it queued.
+
+    enqueue queues what is due and returns it (routes.tasks.enqueue_due: sweep, claim, queue).
+    Every pass is bounded (PASS_STATEMENT_TIMEOUT_MS per statement on PostgreSQL, CLAIMS_PER_PASS
+    claims); one that fails, say the database is down, is logged without secrets and the loop
+    goes on after pause_after_error. stop.set() (a signal handler) ends it between passes.
+    """
+    queued = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            _bound_statements()
+            count = len(enqueue())
+        except Exception as exc:  # the loop outlives any one pass
+            logger.error(
+                "scheduler pass failed (%s); next try in %g s",
+                _error_summary(exc),
+                pause_after_error,
+            )
+            # The next pass opens a new connection (not inside a test's atomic block, whose
+            # connection is the test's own); closing a dead one may fail in turn.
+            if not connection.in_atomic_block:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            stop.wait(pause_after_error)
+            continue
+        if count:
+            logger.info("scheduler queued %d verification run(s)", count)
+        queued += count
+        stop.wait(max(0.0, every - (time.monotonic() - started)))
+    return queued
 
 
 def prune_runs(*, keep: int | None = None, team: Team | None = None) -> int:
@@ -490,6 +651,40 @@ def annotate_last_run(queryset: QuerySet[Deployment]) -> QuerySet[Deployment]:
             latest.annotate(at=Coalesce("finished_at", "started_at", "created_at")).values("at")[:1]
         ),
     )
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def history(
+    *,
+    deployments: Iterable[Deployment] | None = None,
+    team: Team | None = None,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """Return the newest runs first as `manage.py list_runs --json` prints them (a contract).
+
+    Of the given deployments (default: all), of team when given; one query whatever the limit.
+    """
+    found = VerificationRun.objects.select_related("job__deployment").order_by("-created_at", "-id")
+    if deployments is not None:
+        found = found.filter(job__deployment__in=[d.pk for d in deployments])
+    if team is not None:
+        found = found.filter(job__deployment__team=team)
+    return [
+        {
+            "run": run.pk,
+            "deployment": run.job.deployment.slug,
+            "status": run.status,
+            "trigger": run.trigger,
+            "queued_at": _iso(run.created_at),
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
+            "duration_ms": run.duration_ms,
+        }
+        for run in found[:limit]
+    ]
 
 
 def recent_runs(deployment: Deployment, *, limit: int = 10) -> list[VerificationRun]:

@@ -63,6 +63,9 @@ class Command(ConsoleCommand):
             )
         except ValidationError as exc:
             raise CommandError("\n".join(exc.messages)) from None
+        # Accepted, but worth knowing (a short key): the message names the role, never the key.
+        for warning in keyring.shape_warnings(key.role, secret):
+            self.stderr.write(warning.message)
         label = f" {key.label}" if key.label else ""
         self.stdout.write(f"{deployment.slug}: {keyring.ROLE_LABELS[key.role]}{label} {key.masked}")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.core.management.base import CommandError, CommandParser
 from django.utils import translation
 
@@ -45,7 +46,7 @@ class Command(ConsoleCommand):
         parser.add_argument(
             "--due",
             action="store_true",
-            help="Enqueue every scheduled job whose interval has passed (for cron or a timer).",
+            help="Enqueue every scheduled job that is due (an alias of `run_scheduler --once`).",
         )
         add_team_argument(parser, help_text="Only deployments of this team (slug).")
 
@@ -69,12 +70,15 @@ class Command(ConsoleCommand):
                     "--due enqueues scheduled jobs; it takes no SLUG, --base-url or --insecure.",
                     returncode=USAGE_ERROR,
                 )
-            enqueued = tasks.enqueue_due(team=team)
-            if options["json"]:
-                payload = [{"deployment": r.job.deployment.slug, "run": r.pk} for r in enqueued]
-                self.stdout.write(json.dumps({"enqueued": payload}))
-            else:
-                self.stdout.write(f"Enqueued {len(enqueued)} scheduled verification run(s).")
+            # An alias of `run_scheduler --once`: the same pass, the same output.
+            call_command(
+                "run_scheduler",
+                once=True,
+                json=options["json"],
+                team=team.slug if team is not None else None,
+                stdout=self.stdout,
+                stderr=self.stderr,
+            )
             return
         if not options["slugs"]:
             raise CommandError(
