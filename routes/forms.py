@@ -45,6 +45,7 @@ _GROUP_TITLES: dict[str, StrOrPromise | None] = {
     "listening": _("Listening"),
     "upstreams": _("Upstreams"),
     "proxy": _("Proxy"),
+    "edge": _("Edge hardening"),
     "verification": _("Versions and verification"),
     "notes": _("Notes"),
 }

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
@@ -47,6 +47,13 @@ DOCKER_PRESET = _preset(CPA_SERVICE, CPAMP_SERVICE)
 HOST_PRESET = _preset("127.0.0.1", "127.0.0.1")
 PRESETS = {"docker": DOCKER_PRESET, "host": HOST_PRESET}
 
+# Hardening at the edge: whose address CPA sees, rate limits, the ACME webroot (issue 14).
+EDGE_FIELDS = ("client_ip", "trusted_proxies", "limit_req_rate", "limit_req_burst", "acme_webroot")
+# Requests above limit_req_rate let through at once: the panel's page load (a dozen requests at
+# a time) and its polling pass under it (tests/test_edge_hardening.py measures it).
+DEFAULT_LIMIT_REQ_BURST = 20
+MAX_LIMIT_REQ_BURST = 1000
+
 # The fields people give a deployment, grouped as the admin shows them. The deployment form, the
 # admin's fieldsets, the wizard and the definitions format are all built from these groups, so a
 # new field is added here once.
@@ -63,6 +70,7 @@ DEPLOYMENT_FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "upstreams": (*UPSTREAM_FIELDS, "resolver"),
     "proxy": ("client_max_body_size", "proxy_read_timeout", "proxy_send_timeout", "route_tracing"),
+    "edge": EDGE_FIELDS,
     "verification": ("cpa_version", "verification_base_url"),
     "notes": ("notes",),
 }
@@ -156,13 +164,21 @@ class DeploymentQuerySet(models.QuerySet):
             return self.none()
         if user.is_superuser:
             return self
-        return self.filter(team__memberships__user=user).distinct()
+        # EXISTS rather than a join plus DISTINCT: DISTINCT makes every annotation of a list
+        # (last run, last export, ...) run for each visible row before the page is cut.
+        return self.filter(
+            Exists(Membership.objects.filter(team_id=OuterRef("team_id"), user_id=user.pk))
+        )
 
 
 class Deployment(models.Model):
     class Mode(models.TextChoices):
         MANAGER_SERVER = "manager_server", _("Manager Server (mixed routing)")
         CPA_PANEL = "cpa_panel", _("CPA Panel (everything to CPA)")
+
+    class ClientIP(models.TextChoices):
+        EDGE = "edge", _("edge: nginx is the first hop")
+        BEHIND_PROXY = "behind_proxy", _("behind_proxy: trusted proxies in front")
 
     slug = models.SlugField(
         _("slug"), max_length=50, unique=True, help_text=_("Stable id, e.g. prod.")
@@ -275,6 +291,56 @@ class Deployment(models.Model):
             "tell who answered."
         ),
     )
+    client_ip = models.CharField(
+        _("client address"),
+        max_length=16,
+        choices=ClientIP.choices,
+        default=ClientIP.EDGE,
+        help_text=_(
+            "edge: nginx is the first hop, so X-Forwarded-For and X-Real-IP are set to the "
+            "connecting address and a client-sent X-Forwarded-For: 127.0.0.1 never reaches CPA. "
+            "behind_proxy: a CDN or load balancer is in front; its X-Forwarded-For is believed "
+            "only from the trusted proxies."
+        ),
+    )
+    trusted_proxies = models.CharField(
+        _("trusted proxies"),
+        max_length=1000,
+        blank=True,
+        validators=[v.validate_trusted_proxies],
+        help_text=_(
+            "With behind_proxy: the addresses or networks of the proxies in front, separated by "
+            "spaces, e.g. 10.0.0.0/8 2001:db8::/32."
+        ),
+    )
+    limit_req_rate = models.CharField(
+        _("login rate limit"),
+        max_length=8,
+        blank=True,
+        validators=[v.validate_rate],
+        help_text=_(
+            "Requests per client address to /v0/management/ and the panel's login paths, e.g. "
+            "5r/s or 300r/m; more get 429. Empty: no limit."
+        ),
+    )
+    limit_req_burst = models.PositiveIntegerField(
+        _("login rate burst"),
+        default=DEFAULT_LIMIT_REQ_BURST,
+        help_text=_(
+            "Requests above the rate let through at once, e.g. 20: the panel loads a dozen "
+            "endpoints at a time."
+        ),
+    )
+    acme_webroot = models.CharField(
+        _("ACME webroot"),
+        max_length=255,
+        blank=True,
+        validators=[v.validate_file_path],
+        help_text=_(
+            "Only used with HTTPS. The directory of certbot --webroot, e.g. /var/www/certbot: "
+            "port 80 serves /.well-known/acme-challenge/ from it and redirects the rest."
+        ),
+    )
     cpa_version = models.CharField(
         _("CPA version"),
         max_length=20,
@@ -339,6 +405,14 @@ class Deployment(models.Model):
                 condition=Q(tls=False) | (~Q(ssl_certificate="") & ~Q(ssl_certificate_key="")),
                 name="deployment_tls_needs_certificate",
             ),
+            models.CheckConstraint(
+                condition=Q(client_ip="edge") | (Q(client_ip="behind_proxy") & ~Q(trusted_proxies="")),
+                name="deployment_client_ip_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(limit_req_burst__gte=1, limit_req_burst__lte=MAX_LIMIT_REQ_BURST),
+                name="deployment_limit_req_burst_valid",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -387,6 +461,25 @@ class Deployment(models.Model):
                 errors.setdefault(field, []).append(
                     ValidationError(_("Give 1 to 86400 seconds."), code="invalid")
                 )
+        if self.client_ip == self.ClientIP.BEHIND_PROXY and not self.trusted_proxies.strip():
+            errors.setdefault("trusted_proxies", []).append(
+                ValidationError(
+                    _(
+                        "Required with behind_proxy: without the proxies' addresses nginx cannot "
+                        "tell a proxy's X-Forwarded-For from one a client made up."
+                    ),
+                    code="required",
+                )
+            )
+        burst = self.limit_req_burst
+        if burst is not None and not 1 <= burst <= MAX_LIMIT_REQ_BURST:
+            errors.setdefault("limit_req_burst", []).append(
+                ValidationError(
+                    _("Give 1 to %(max)d requests."),
+                    code="invalid",
+                    params={"max": MAX_LIMIT_REQ_BURST},
+                )
+            )
         if self.cpamp_cpa_url and self.server_name:
             if v.url_host(self.cpamp_cpa_url) == self.server_name.lower():
                 errors.setdefault("cpamp_cpa_url", []).append(

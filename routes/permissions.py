@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, TypeAlias
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from routes.models import ROLE_RANK, Deployment, Membership, Role, Team
 
@@ -202,10 +202,12 @@ def teams_where(user: AnyUser, action: Action) -> QuerySet[Team]:
     if not user.is_authenticated or required is None:
         return Team.objects.none()
     roles = [r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[required]]
-    teams = Team.objects.filter(memberships__user=user, memberships__role__in=roles)
+    # EXISTS: one row per team however it is joined later (a membership is unique per team).
+    member = Membership.objects.filter(team_id=OuterRef("pk"), user_id=user.pk, role__in=roles)
+    teams = Team.objects.filter(Exists(member))
     if required == Role.OWNER and not _otp_verified(user):
         teams = teams.exclude(require_owner_2fa=True)
-    return teams.distinct()
+    return teams
 
 
 def has_any_membership(user: AnyUser) -> bool:

@@ -323,6 +323,75 @@ def _validate_address(value: str) -> None:
         ) from None
 
 
+# --- Edge hardening: trusted proxies and request rates ------------------------------------------
+
+# A trusted proxy list longer than this is not a list of proxies in front of one site.
+MAX_TRUSTED_PROXIES = 64
+_PROXY_SEPARATORS = re.compile(r"[\s,]+")
+_RATE = re.compile(r"^([1-9][0-9]{0,3})r/([sm])\Z")
+
+
+def trusted_proxies(value: str) -> list[str]:
+    """Return the entries of a trusted proxy list (separated by spaces, commas or new lines)."""
+    return [part for part in _PROXY_SEPARATORS.split(value or "") if part]
+
+
+def validate_trusted_proxies(value: str) -> None:
+    """Accept IP addresses or CIDR networks of proxies in front of nginx, for set_real_ip_from."""
+    parts = trusted_proxies(value)
+    if len(parts) > MAX_TRUSTED_PROXIES:
+        raise ValidationError(
+            _("Give at most %(max)d addresses or networks."),
+            code="invalid",
+            params={"max": MAX_TRUSTED_PROXIES},
+        )
+    for part in parts:
+        if "%" in part or not re.fullmatch(r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?", part):
+            raise ValidationError(
+                _(
+                    "%(value)s is not an IP address or network: give one such as 10.0.0.0/8, "
+                    "203.0.113.7 or 2001:db8::/32."
+                ),
+                code="invalid",
+                params={"value": part},
+            )
+        try:
+            network = ipaddress.ip_network(part, strict=True)
+        except ValueError as exc:
+            raise ValidationError(
+                _("%(value)s is not a valid network: %(error)s."),
+                code="invalid",
+                params={"value": part, "error": str(exc)},
+            ) from None
+        if network.prefixlen == 0:
+            raise ValidationError(
+                _(
+                    "%(value)s trusts every address, so any client could choose the address "
+                    "CPA sees; list only the proxies in front of nginx."
+                ),
+                code="everyone",
+                params={"value": part},
+            )
+
+
+def validate_rate(value: str) -> None:
+    """Accept an nginx request rate: 1 to 9999 requests per second or minute, e.g. 5r/s."""
+    if value and not _RATE.match(value):
+        raise ValidationError(
+            _("Give a rate such as 5r/s or 300r/m (1 to 9999 requests per second or minute)."),
+            code="invalid",
+        )
+
+
+def rate_per_second(value: str) -> float:
+    """Return a validated rate (5r/s, 300r/m) in requests per second."""
+    match = _RATE.match(value)
+    if match is None:
+        raise ValueError(value)
+    count = int(match.group(1))
+    return float(count) if match.group(2) == "s" else count / 60
+
+
 # --- Where keys may go: a base URL is an origin ----------------------------------------------
 
 # Link-local and cloud-metadata addresses: a check sent there reads the host's own metadata

@@ -271,7 +271,7 @@ def test_an_invalid_deployment_refuses_the_whole_apply(deployment, team, nginx_l
         ([], "Give one or more deployment slugs, or --all."),
         (["prod", "--all"], "Give deployment slugs or --all, not both."),
         (["prod", "--team", "ops"], "--team only works with --all."),
-        (["nope"], "Unknown deployment: nope"),
+        (["nope"], "no deployment nope."),
         (["--all", "--team", "nope"], "--team: no team"),
     ],
 )

@@ -118,10 +118,10 @@ def test_verify_prints_one_json_object_per_line_for_several_slugs(deployment, te
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nope"], "Unknown deployment slug(s): nope"),
+        (["nope"], "no deployment nope."),
         (["prod", "--base-url", "ftp://x"], "--base-url"),
         (["prod", "--team", "ghost"], "no team with slug 'ghost'"),
-        (["prod", "--team", "other"], "Not in team 'other'"),
+        (["prod", "--team", "other"], "no deployment prod in team other."),
         ([], "Give at least one deployment SLUG"),
         (["prod", "--due"], "--due enqueues scheduled jobs"),
     ],
@@ -221,6 +221,28 @@ def test_a_run_whose_worker_died_is_marked_error(deployment, settings):
     assert fresh.status == VerificationRun.Status.RUNNING
     # A late worker finishing the stale run does not overwrite the error.
     assert runs.execute_run(run=old).status == VerificationRun.Status.ERROR
+
+
+@pytest.mark.django_db
+def test_a_run_queued_but_never_handed_to_the_task_queue_stops_keeping_its_job_busy(
+    deployment, settings
+):
+    settings.CONSOLE_RUN_STALE_AFTER = 60
+    job = runs.job_for(deployment)
+    orphan, handed, fresh = (
+        VerificationRun.objects.create(job=job, trigger="scheduled", task_id=task_id)
+        for task_id in ("", "task-1", "")
+    )
+    long_ago = timezone.now() - dt.timedelta(seconds=61)
+    VerificationRun.objects.filter(pk__in=[orphan.pk, handed.pk]).update(created_at=long_ago)
+    assert runs.sweep_stale_runs() == 1
+    for run in (orphan, handed, fresh):
+        run.refresh_from_db()
+    assert (
+        orphan.status == VerificationRun.Status.ERROR and "never reached a worker" in orphan.error
+    )
+    # One handed to the queue may just be waiting behind others; a fresh one is being handed.
+    assert handed.status == fresh.status == VerificationRun.Status.QUEUED
 
 
 @pytest.mark.django_db

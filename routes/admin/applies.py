@@ -10,16 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest
 from django.template.loader import render_to_string
-from django.urls import URLPattern, path, reverse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from routes.admin.options import ScopedAdmin
+from routes.admin.options import ProgressAdmin
 from routes.admin.verification import DeploymentFilter, status_badge
 from routes.models import NginxApply
 from routes.nginx.apply_report import progress, step_label
@@ -54,7 +53,7 @@ class AppliedDeploymentFilter(DeploymentFilter):
 
 
 @admin.register(NginxApply)
-class NginxApplyAdmin(ScopedAdmin):
+class NginxApplyAdmin(ProgressAdmin):
     list_display = (
         "id",
         "deployment_slugs",
@@ -102,26 +101,12 @@ class NginxApplyAdmin(ScopedAdmin):
             return queryset
         return queryset.filter(team__in=teams_where(request.user, Action.VIEW))
 
-    def get_urls(self) -> list[URLPattern]:
-        wrap = self.admin_site.admin_view
-        return [
-            path(
-                "<path:object_id>/progress/",
-                wrap(self.progress_view),
-                name="routes_nginxapply_progress",
-            ),
-            *super().get_urls(),
-        ]
-
-    def progress_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """The small JSON the config page polls while an apply runs (404 for another team's)."""
-        record = self.get_object(request, object_id)
-        if not self.has_view_permission(request, record):
-            raise PermissionDenied
+    def progress_data(self, request: HttpRequest, record: NginxApply) -> dict[str, Any]:
+        """The small JSON the config page polls while an apply runs."""
         data = progress(record)
         data["url"] = reverse("admin:routes_nginxapply_change", args=[record.pk])
         data["badge"] = BADGES.get(record.result, "")
-        return JsonResponse(data)
+        return data
 
     @admin.display(description=_("deployments"))
     def deployment_slugs(self, obj: NginxApply) -> str:

@@ -21,8 +21,9 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import PAGE_VAR
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 from django.utils.decorators import method_decorator
 from django.utils.text import capfirst
 from django.utils.translation import gettext
@@ -333,6 +334,32 @@ class ScopedAdmin(ConsoleAdmin):
         # A fresh class per request (modelform_factory), so the user never leaks across.
         form.user = request.user  # type: ignore[attr-defined]
         return form
+
+
+class ProgressAdmin(ScopedAdmin):
+    """A scoped admin whose change pages poll ``<id>/progress/`` for progress_data()'s JSON."""
+
+    def progress_data(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
+        """Return what the page draws while the object's work goes on."""
+        raise NotImplementedError
+
+    def get_urls(self) -> list[URLPattern]:
+        opts = self.model._meta
+        return [
+            path(
+                "<path:object_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name=f"{opts.app_label}_{opts.model_name}_progress",
+            ),
+            *super().get_urls(),
+        ]
+
+    def progress_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Return progress_data() as JSON (404 for an object of another team)."""
+        obj = self.get_object(request, object_id)
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        return JsonResponse(self.progress_data(request, obj))
 
 
 class SecretFormsAdmin(ScopedAdmin):

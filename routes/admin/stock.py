@@ -23,7 +23,7 @@ from django.contrib.auth.models import Group
 from django.db.models import Model
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import gettext_noop, pgettext_noop
+from django.utils.translation import gettext_noop, pgettext_lazy
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from django_tasks_db.admin import DBTaskResultAdmin
 from django_tasks_db.models import DBTaskResult
@@ -223,10 +223,10 @@ THIRD_PARTY_MSGIDS = (
     gettext_noop("return value"),
     gettext_noop("exception class path"),
     # django_tasks' TaskResultStatus labels, in their own context.
-    pgettext_noop("Task", "Ready"),
-    pgettext_noop("Task", "Running"),
-    pgettext_noop("Task", "Failed"),
-    pgettext_noop("Task", "Successful"),
+    pgettext_lazy("Task", "Ready"),
+    pgettext_lazy("Task", "Running"),
+    pgettext_lazy("Task", "Failed"),
+    pgettext_lazy("Task", "Successful"),
 )
 
 

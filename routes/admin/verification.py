@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import MinValueValidator
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -36,6 +36,7 @@ from routes import audit, tasks
 from routes.admin.bulk import may_act_on
 from routes.admin.options import (
     DeploymentPages,
+    ProgressAdmin,
     ScopedAdmin,
     viewed_and_managed,
     visible_deployment,
@@ -301,7 +302,7 @@ class DeploymentFilter(admin.SimpleListFilter):
 
 
 @admin.register(VerificationRun)
-class VerificationRunAdmin(ScopedAdmin):
+class VerificationRunAdmin(ProgressAdmin):
     list_display = (
         "id",
         "deployment",
@@ -351,24 +352,10 @@ class VerificationRunAdmin(ScopedAdmin):
             return runs
         return runs.filter(job__deployment__in=Deployment.objects.visible_to(request.user))
 
-    def get_urls(self) -> list[URLPattern]:
-        wrap = self.admin_site.admin_view
-        return [
-            path(
-                "<path:object_id>/progress/",
-                wrap(self.progress_view),
-                name="routes_verificationrun_progress",
-            ),
-            *super().get_urls(),
-        ]
-
-    def progress_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """The small JSON the verify page polls (404 for another team's run)."""
-        run = self.get_object(request, object_id)
-        if not self.has_view_permission(request, run):
-            raise PermissionDenied
+    def progress_data(self, request: HttpRequest, run: VerificationRun) -> dict[str, Any]:
+        """The small JSON the verify page polls."""
         extras = progress_extras(run, user=request.user, results=list(run.results.all()))
-        return JsonResponse({**progress(run), **extras})
+        return {**progress(run), **extras}
 
     def render_change_form(
         self,

@@ -30,6 +30,7 @@ from routes.forms import warn_about_keys
 from routes.models import (
     DEPLOYMENT_FIELDS,
     DOCKER_PRESET,
+    EDGE_FIELDS,
     PRESETS,
     UPSTREAM_FIELDS,
     Deployment,
@@ -57,6 +58,7 @@ TUNING_FIELDS = (
     "route_tracing",
     "cpa_version",
     "notes",
+    *EDGE_FIELDS,
 )
 CPA_SNIPPET = (
     'remote-management:\n  secret-key: "<your CPA Management Key>"\n  allow-remote: true\n'

@@ -3,6 +3,12 @@
 The text is built as data (lists of lines), never from a template with autoescape, and every value
 that reaches it has passed the model's validators (routes/validators.py) first: an invalid
 deployment raises InvalidDeployment before a single line is produced.
+
+Like the seed, a site file sets the proxy headers and settings once per server and writes the
+seed's one-line locations. It defines nothing whose name depends on the deployment: variables
+($console_cpa, $console_cpamp, $console_upstream), maps, rate-limit zones and the TLS session
+cache have the same names in every file, so nginx's global tables stay the same size however
+many deployments one nginx serves (bench/bench_nginx_scale.py measures it).
 """
 
 from __future__ import annotations
@@ -42,15 +48,39 @@ _SKIP_FIELDS = ("team", "created_by", "updated_by", "deployment")
 # nginx's hash bucket default is one CPU cache line (64 bytes on x86-64 and arm64).
 _DEFAULT_BUCKET = 64
 
+# The seed's six headers, except that X-Forwarded-For is the address nginx sees, not the seed's
+# $proxy_add_x_forwarded_for: CPA believes the leftmost entry, which a client could write itself.
 HEADER_SET = (
     ("Host", "$host"),
     ("X-Real-IP", "$remote_addr"),
-    ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
+    ("X-Forwarded-For", "$remote_addr"),
     ("X-Forwarded-Proto", "$scheme"),
     ("Upgrade", "$http_upgrade"),
     ("Connection", "$connection_upgrade"),
 )
-_HEADER_LINES = tuple(f"        proxy_set_header {name:<17} {value};" for name, value in HEADER_SET)
+_HEADER_LINES = tuple(f"    proxy_set_header {name:<17} {value};" for name, value in HEADER_SET)
+# The address of each upstream, set once per server; the same names in every site file.
+UPSTREAM_VARIABLES = {b.CPA: "console_cpa", b.CPAMP: "console_cpamp"}
+# Route tracing's value: cpa or cpamp, from the address a request was proxied to (the shared file).
+TRACE_VARIABLE = "console_upstream"
+# Mozilla's "intermediate" server-side TLS profile (ssl-config.mozilla.org, nginx, version 5.7).
+TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
+TLS_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+# One session cache for every console server: a shared zone is nginx-wide, named once.
+TLS_SESSION_CACHE = "shared:console_tls:10m"
+ACME_PREFIX = "/.well-known/acme-challenge/"
+# Where the panels check a key (CPAMP's Admin Key, CPA's Management Key): the login rate limit
+# applies to exact and prefix locations under these.
+LOGIN_PATHS = ("/v0/management", "/usage-service", "/setup", "/status")
+# A limit_req zone's size: 10 MB keeps about 80,000 client and site pairs.
+_ZONE_SIZE = "10m"
+_ZONE_PREFIX = "console_"
+_ZONE_USE = re.compile(r"^\s*limit_req zone=console_(\d+)r_([sm]) ", re.M)
+_LISTEN_USE = re.compile(r"^\s*listen\s+(\S+?)((?:\s+\w+)*);$", re.M)
 # The config hash cannot cover the lines that carry it: they are left out of what is hashed.
 _CONFIG_LINE = re.compile(rf"^[ \t]*add_header[ \t]+{CONFIG_HEADER}[ \t][^\n]*(?:\n|$)", re.M)
 _HASH_PLACEHOLDER = "@console-config-hash@"
@@ -247,15 +277,9 @@ def effective_locations(
     return locations
 
 
-def upstream_name(deployment: Deployment, target: str) -> str:
-    """Return the upstream block name, unique per deployment and target."""
-    # Slugs are [-a-zA-Z0-9_]; keeping them verbatim keeps names injective across deployments.
-    return f"{UPSTREAM_PREFIX}{deployment.slug}_{target}"
-
-
-def variable_name(deployment: Deployment, target: str) -> str:
-    """Return the nginx variable that holds a host-name upstream (letters, digits, _ only)."""
-    return f"{UPSTREAM_PREFIX}{deployment.slug.replace('-', '_')}_{target}"
+def variable_name(target: str) -> str:
+    """Return the nginx variable that holds target's address (the same in every site file)."""
+    return UPSTREAM_VARIABLES[target]
 
 
 def upstream_address(deployment: Deployment, target: str) -> str:
@@ -274,6 +298,16 @@ def site_filename(deployment: Deployment) -> str:
     return f"{deployment.slug}{SITE_SUFFIX}"
 
 
+def limit_zone(rate: str) -> str:
+    """Return the limit_req zone of a rate (5r/s -> console_5r_s): one zone per rate in use."""
+    return _ZONE_PREFIX + rate.replace("/", "_")
+
+
+def is_login_path(location: Location) -> bool:
+    """Return True when the login rate limit applies to the location."""
+    return not location.is_regex and location.path.startswith(LOGIN_PATHS)
+
+
 def _listen(address: str, port: int) -> str:
     address = address.strip().strip("[]")
     if not address:
@@ -289,27 +323,13 @@ def _resolver(value: str) -> str:
     return " ".join(parts)
 
 
-def _proxy_block(deployment: Deployment, target: str, vars_: dict[str, str]) -> list[str]:
-    """Return the body of a location proxied to target (the same for all of a deployment's)."""
-    out = []
-    if target in vars_:
-        out.append(f"        set ${vars_[target]} {upstream_address(deployment, target)};")
-        out.append(f"        proxy_pass http://${vars_[target]};")
-    else:
-        out.append(f"        proxy_pass http://{upstream_name(deployment, target)};")
-    out.extend(_HEADER_LINES)
-    if deployment.route_tracing:
-        out.append(f"        add_header {TRACE_HEADER} {target} always;")
-        out.append(f"        add_header {CONFIG_HEADER} {_HASH_PLACEHOLDER} always;")
-    return out
-
-
 def config_hash(text: str) -> str:
-    """Return the SHA-256 of a site file with its ``add_header X-Console-Config`` lines left out.
+    """Return the SHA-256 of a site file with its ``add_header X-Console-Config`` line left out.
 
     The same as ``grep -v 'add_header X-Console-Config' prod.conf | sha256sum``: the hash a
-    rendered file carries in X-Console-Config is the hash of the rest of that file, so it can be
-    checked from the file alone, and a file written before the header existed has one too.
+    rendered file carries in X-Console-Config (one line per server, inherited by every location)
+    is the hash of the rest of that file, so it can be checked from the file alone, and a file
+    written before the header existed has one too.
     """
     return hashlib.sha256(without_config_hash(text).encode("utf-8")).hexdigest()
 
@@ -331,53 +351,134 @@ def _comment(note: str) -> tuple[str, ...]:
     return tuple(f"    # {line}" for line in textwrap.wrap(note, 92))
 
 
-def _locations(
-    out: list[str], deployment: Deployment, locations: list[Location], vars_: dict[str, str]
-) -> None:
-    section = ""
-    blocks: dict[str, list[str]] = {}
+def _location(location: Location, limit: str) -> list[str]:
+    """Return a location's lines: one, like the seed's, unless the login rate limit applies."""
+    if location.redirect:
+        body = [f"return 302 {location.redirect};"]
+    else:
+        body = [f"proxy_pass http://${variable_name(location.target)};"]
+        if limit and is_login_path(location):
+            body.insert(0, limit)
+    opening = f"    location {location.header()} {{"
+    if len(body) == 1:
+        return [f"{opening} {body[0]} }}"]
+    return [opening, *(f"        {line}" for line in body), "    }"]
+
+
+def _locations(out: list[str], deployment: Deployment, locations: list[Location]) -> None:
+    rate = deployment.limit_req_rate
+    limit = (
+        f"limit_req zone={limit_zone(rate)} burst={deployment.limit_req_burst} nodelay;"
+        if rate
+        else ""
+    )
+    section, note = "", ""
     for location in locations:
         if location.section and location.section != section:
-            out.append(f"    {location.section}")
+            out += ["", f"    {location.section}", ""]
+            section, note = location.section, ""
+        elif not section and out[-1] != "":
             out.append("")
-            section = location.section
-        if location.note:
+        # A note shared by consecutive routes (the OAuth callbacks) is written once.
+        if location.note and location.note != note:
             out.extend(_comment(location.note))
+        note = location.note
         if location.origin == "override":
             if location.replaces is not None:
                 out.append("    # Override: replaces the built-in route above.")
             else:
                 out.append(f"    # Override (position {location.position}).")
-        out.append(f"    location {location.header()} {{")
-        if location.redirect:
-            out.append(f"        return 302 {location.redirect};")
-        else:
-            if location.target not in blocks:
-                blocks[location.target] = _proxy_block(deployment, location.target, vars_)
-            out.extend(blocks[location.target])
-        out.append("    }")
-        out.append("")
+            note = ""
+        out.extend(_location(location, limit))
 
 
-def _server_body(
-    out: list[str], deployment: Deployment, locations: list[Location], vars_: dict[str, str]
-) -> None:
-    out.append(f"    client_max_body_size {deployment.client_max_body_size};")
-    out.append("")
-    out.append("    proxy_http_version 1.1;")
-    out.append(f"    proxy_read_timeout {deployment.proxy_read_timeout}s;")
-    out.append(f"    proxy_send_timeout {deployment.proxy_send_timeout}s;")
-    out.append("    proxy_buffering off;")
-    out.append("")
-    if vars_:
-        out.append("    # Upstream host names are resolved when a request arrives, not when nginx")
-        out.append("    # starts, so nginx starts (and answers 502) while a container is down.")
-        out.append(f"    resolver {_resolver(deployment.resolver)} valid=10s ipv6=off;")
-        out.append("")
-    out.append("    # Each location repeats the full proxy_set_header set (and add_header): one")
-    out.append("    # proxy_set_header or add_header inside a location drops every inherited one.")
-    out.append("")
-    _locations(out, deployment, locations, vars_)
+def _tls(out: list[str], deployment: Deployment) -> None:
+    out += [
+        f"    ssl_certificate     {deployment.ssl_certificate};",
+        f"    ssl_certificate_key {deployment.ssl_certificate_key};",
+        "    # Mozilla's intermediate TLS profile; one session cache for every console server.",
+        f"    ssl_protocols {TLS_PROTOCOLS};",
+        f"    ssl_ciphers {TLS_CIPHERS};",
+        "    ssl_prefer_server_ciphers off;",
+        f"    ssl_session_cache {TLS_SESSION_CACHE};",
+        "    ssl_session_timeout 1d;",
+        "    ssl_session_tickets off;",
+        "",
+    ]
+
+
+def _client_address(out: list[str], deployment: Deployment) -> None:
+    if deployment.client_ip == "behind_proxy":
+        out.append(
+            "    # Behind trusted proxies: the client is the rightmost X-Forwarded-For address "
+            "not listed here."
+        )
+        out += [
+            f"    set_real_ip_from {cidr};"
+            for cidr in v.trusted_proxies(deployment.trusted_proxies)
+        ]
+        out += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;", ""]
+
+
+def _server_body(out: list[str], deployment: Deployment, targets: list[str]) -> None:
+    out += [
+        f"    client_max_body_size {deployment.client_max_body_size};",
+        "",
+        "    proxy_http_version 1.1;",
+        f"    proxy_read_timeout {deployment.proxy_read_timeout}s;",
+        f"    proxy_send_timeout {deployment.proxy_send_timeout}s;",
+        "    proxy_buffering off;",
+        "",
+        "    # X-Forwarded-For and X-Real-IP: the address nginx sees, never one a client wrote.",
+        *_HEADER_LINES,
+        "",
+    ]
+    if deployment.route_tracing:
+        out += [
+            f"    # Route tracing: who answered (${TRACE_VARIABLE}, see {COMMON_FILENAME}) and",
+            "    # this file's config hash.",
+            f"    add_header {TRACE_HEADER} ${TRACE_VARIABLE} always;",
+            f"    add_header {CONFIG_HEADER} {_HASH_PLACEHOLDER} always;",
+            "",
+        ]
+    if deployment.limit_req_rate:
+        out += [
+            f"    # Login paths: over {deployment.limit_req_rate} per client address, nginx "
+            "answers 429.",
+            "    limit_req_status 429;",
+            "",
+        ]
+    addresses = {t: upstream_address(deployment, t) for t in targets}
+    if any(resolves_at_request_time(a) for a in addresses.values()):
+        out += [
+            "    # Host names resolve per request, so nginx starts (and answers 502) while a",
+            "    # container is down.",
+            f"    resolver {_resolver(deployment.resolver)} valid=10s ipv6=off;",
+        ]
+    width = max(len(variable_name(t)) for t in targets)
+    out += [f"    set ${variable_name(t):<{width}} {a};" for t, a in addresses.items()]
+
+
+def _redirect_server(out: list[str], deployment: Deployment) -> None:
+    port = "" if deployment.https_port == 443 else f":{deployment.https_port}"
+    redirect = f"return 301 https://$host{port}$request_uri;"
+    out += [
+        "",
+        "server {",
+        f"    listen {_listen(deployment.listen_address, deployment.http_port)};",
+        f"    server_name {deployment.server_name};",
+        "    server_tokens off;",
+    ]
+    if deployment.acme_webroot:
+        out += [
+            "",
+            "    # certbot --webroot: the challenge files; every other path goes to HTTPS.",
+            f"    location ^~ {ACME_PREFIX} {{ root {deployment.acme_webroot}; }}",
+            f"    location / {{ {redirect} }}",
+        ]
+    else:
+        out.append(f"    {redirect}")
+    out.append("}")
 
 
 def render_site(deployment: Deployment, overrides: Sequence[RouteOverride] | None = None) -> str:
@@ -386,51 +487,29 @@ def render_site(deployment: Deployment, overrides: Sequence[RouteOverride] | Non
     validate_deployment(deployment, overrides)
     locations = effective_locations(deployment, overrides)
     targets = sorted({loc.target for loc in locations if loc.target})
-    vars_ = {
-        t: variable_name(deployment, t)
-        for t in targets
-        if resolves_at_request_time(upstream_address(deployment, t))
-    }
     out = [
-        f"# CPA gateway console: nginx site of deployment {deployment.slug} "
-        f"(mode {deployment.mode}).",
-        "# Generated file: the next export overwrites edits. Include it inside http {} next to",
-        f"# {COMMON_FILENAME}, which defines $connection_upgrade.",
+        f"# CPA gateway console: site of deployment {deployment.slug} (mode {deployment.mode}).",
+        "# Generated: the next export overwrites edits. Include it inside http {} next to",
+        f"# {COMMON_FILENAME}.",
+        "",
+        "server {",
+    ]
+    port = deployment.https_port if deployment.tls else deployment.http_port
+    flags = (" ssl http2" if deployment.http2 else " ssl") if deployment.tls else ""
+    out += [
+        f"    listen {_listen(deployment.listen_address, port)}{flags};",
+        f"    server_name {deployment.server_name};",
+        "    server_tokens off;",
         "",
     ]
-    for target in targets:
-        if target in vars_:
-            continue
-        out.append(f"upstream {upstream_name(deployment, target)} {{")
-        out.append(f"    server {upstream_address(deployment, target)};")
-        out.append("}")
-        out.append("")
-    out.append("server {")
     if deployment.tls:
-        http2 = " http2" if deployment.http2 else ""
-        out.append(
-            f"    listen {_listen(deployment.listen_address, deployment.https_port)} ssl{http2};"
-        )
-        out.append(f"    server_name {deployment.server_name};")
-        out.append("")
-        out.append(f"    ssl_certificate     {deployment.ssl_certificate};")
-        out.append(f"    ssl_certificate_key {deployment.ssl_certificate_key};")
-    else:
-        out.append(f"    listen {_listen(deployment.listen_address, deployment.http_port)};")
-        out.append(f"    server_name {deployment.server_name};")
-    out.append("")
-    _server_body(out, deployment, locations, vars_)
-    if out[-1] == "":
-        out.pop()
+        _tls(out, deployment)
+    _client_address(out, deployment)
+    _server_body(out, deployment, targets)
+    _locations(out, deployment, locations)
     out.append("}")
     if deployment.tls:
-        port = "" if deployment.https_port == 443 else f":{deployment.https_port}"
-        out.append("")
-        out.append("server {")
-        out.append(f"    listen {_listen(deployment.listen_address, deployment.http_port)};")
-        out.append(f"    server_name {deployment.server_name};")
-        out.append(f"    return 301 https://$host{port}$request_uri;")
-        out.append("}")
+        _redirect_server(out, deployment)
     return _with_hash("\n".join(out) + "\n")
 
 
@@ -448,8 +527,56 @@ def _bucket_size(server_names: Iterable[str]) -> int:
     return (need + _DEFAULT_BUCKET - 1) // _DEFAULT_BUCKET * _DEFAULT_BUCKET
 
 
-def render_common(server_names: Iterable[str] = ()) -> str:
-    """Return the shared file: the seed's map block, once per export directory."""
+def _zones(sites: Iterable[str]) -> list[str]:
+    """Return the limit_req_zone lines for the rates the site files use, sorted."""
+    rates = {(int(n), unit) for text in sites for n, unit in _ZONE_USE.findall(text)}
+    return [
+        f"limit_req_zone $binary_remote_addr$server_name zone={limit_zone(rate)}:{_ZONE_SIZE} "
+        f"rate={rate};"
+        for rate in (f"{n}r/{unit}" for n, unit in sorted(rates, key=lambda r: (r[1], r[0])))
+    ]
+
+
+def _default_server(sites: Iterable[str]) -> list[str]:
+    """Return a catch-all server on every address and port the site files listen on."""
+    sockets: dict[str, bool] = {}
+    for text in sites:
+        for address, flags in _LISTEN_USE.findall(text):
+            sockets[address] = sockets.get(address, False) or "ssl" in flags.split()
+    if not sockets:
+        return []
+
+    def order(address: str) -> tuple[int, str]:
+        return (int(address.rsplit(":", 1)[-1]), address)
+
+    out = [
+        "",
+        "# Catch-all for Host names no site here serves (the export's default server): nginx",
+        "# closes the connection (444) instead of answering with the first site of a port.",
+        "server {",
+        *(
+            f"    listen {address}{' ssl' if ssl else ''} default_server;"
+            for address, ssl in sorted(sockets.items(), key=lambda item: order(item[0]))
+        ),
+        "    server_name _;",
+        "    server_tokens off;",
+    ]
+    if any(sockets.values()):
+        out.append("    ssl_reject_handshake on;")
+    out += ["    return 444;", "}"]
+    return out
+
+
+def render_common(
+    server_names: Iterable[str] = (), *, sites: Iterable[str] = (), default_server: bool = False
+) -> str:
+    """Return the shared file of an export directory; sites: the site files it goes with.
+
+    It holds the seed's map block, route tracing's maps, one limit_req zone per rate the sites
+    use, a larger server-name hash bucket when a name needs it and, with default_server, a
+    catch-all server on every address and port the sites listen on.
+    """
+    sites = list(sites)
     out = [
         "# CPA gateway console: shared by every site file in this directory (include inside",
         "# http {}). Remove the seed's own map $http_upgrade block from nginx.conf if it is there:",
@@ -458,7 +585,23 @@ def render_common(server_names: Iterable[str] = ()) -> str:
         "    default upgrade;",
         "    ''      close;",
         "}",
+        "",
+        f"# Route tracing: ${TRACE_VARIABLE} is cpamp when a request went to the server's",
+        f"# ${UPSTREAM_VARIABLES[b.CPAMP]} (port 80 may go unwritten), cpa for any other address,",
+        "# empty (no header) when nginx answered itself.",
+        f"map $host ${UPSTREAM_VARIABLES[b.CPAMP]} {{",
+        '    default "";',
+        "}",
+        f'map "$proxy_host ${UPSTREAM_VARIABLES[b.CPAMP]}" ${TRACE_VARIABLE} {{',
+        '    default "";',
+        '    "~^(\\S+) \\1(:80)?$" cpamp;',
+        '    "~^\\S+ " cpa;',
+        "}",
     ]
+    zones = _zones(sites)
+    if zones:
+        out += ["", "# Login rate limits: one zone per rate in use, per client address and site."]
+        out += zones
     bucket = _bucket_size(server_names)
     if bucket:
         out += [
@@ -467,4 +610,6 @@ def render_common(server_names: Iterable[str] = ()) -> str:
             "# this nginx refuses to start. Remove any other server_names_hash_bucket_size line.",
             f"server_names_hash_bucket_size {bucket};",
         ]
+    if default_server:
+        out += _default_server(sites)
     return "\n".join(out) + "\n"

@@ -133,7 +133,8 @@ def run_deadline(job: VerificationJob, *, started_at: dt.datetime) -> dt.datetim
 
 
 def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
-    """Mark runs still running past their deadline and a grace period as error; return how many.
+    """Mark runs still running past their deadline and a grace period, and runs queued but never
+    handed to the task queue, as error; return how many.
 
     The deadline stored at claim time is when run_checks gives up, so a live worker is done by
     then; CONSOLE_RUN_STALE_AFTER is the grace for storing its results. A run claimed without a
@@ -143,22 +144,38 @@ def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
     now = now or timezone.now()
     grace = settings.CONSOLE_RUN_STALE_AFTER
     cutoff = now - dt.timedelta(seconds=grace)
-    overdue = Q(deadline_at__lt=cutoff) | Q(deadline_at__isnull=True, started_at__lt=cutoff)
+    overdue = Q(status=Status.RUNNING) & (
+        Q(deadline_at__lt=cutoff) | Q(deadline_at__isnull=True, started_at__lt=cutoff)
+    )
+    # Queued on commit, the task id follows at once: without one after the grace, the process
+    # that queued the run stopped in between, and the run would keep its job busy for ever.
+    orphaned = Q(status=Status.QUEUED, task_id="", created_at__lt=cutoff)
     stale = list(
-        VerificationRun.objects.filter(overdue, status=Status.RUNNING)
+        VerificationRun.objects.filter(overdue | orphaned)
         .select_related("job__deployment")
-        .only("pk", "started_at", "job__deployment__team_id", "job__deployment__slug", "trigger")
+        .only(
+            "pk",
+            "status",
+            "started_at",
+            "job__deployment__team_id",
+            "job__deployment__slug",
+            "trigger",
+        )
     )
     marked = 0
     for run in stale:
-        waited = int((now - run.started_at).total_seconds()) if run.started_at else grace
-        # Conditional: a worker finishing right now keeps its own result.
-        updated = VerificationRun.objects.filter(overdue, pk=run.pk, status=Status.RUNNING).update(
-            status=Status.ERROR,
-            finished_at=now,
-            **stored_counts(),
-            error=_("The worker stopped before the run finished (no result after %(s)d s).")
-            % {"s": waited},
+        if run.status == Status.RUNNING:
+            condition = overdue
+            waited = int((now - run.started_at).total_seconds()) if run.started_at else grace
+            error = _("The worker stopped before the run finished (no result after %(s)d s).") % {
+                "s": waited
+            }
+        else:
+            condition = orphaned
+            error = _("The run never reached a worker: whatever queued it stopped first.")
+        # Conditional: a worker finishing (or a task id arriving) right now keeps its own result.
+        updated = VerificationRun.objects.filter(condition, pk=run.pk).update(
+            status=Status.ERROR, finished_at=now, **stored_counts(), error=error
         )
         if not updated:
             continue

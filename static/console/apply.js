@@ -73,32 +73,10 @@
     }
   }
 
-  function poll(box) {
-    var url = box.getAttribute("data-progress-url");
-    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (response) {
-        if (!response.ok) {
-          throw new Error("progress " + response.status);
-        }
-        return response.json();
-      })
-      .then(function (data) {
-        draw(box, data);
-        box.setAttribute("data-finished", data.finished ? "1" : "0");
-        if (!data.finished) {
-          window.setTimeout(function () { poll(box); }, POLL_MS);
-        }
-      })
-      .catch(function () {
-        // A network hiccup: try again a little later rather than giving up on the apply.
-        window.setTimeout(function () { poll(box); }, POLL_MS * 3);
-      });
-  }
-
   document.addEventListener("DOMContentLoaded", function () {
     var box = document.getElementById("apply-run");
     if (box && box.getAttribute("data-finished") !== "1") {
-      poll(box);
+      window.consolePoll(box, draw, POLL_MS);
     }
   });
 })();

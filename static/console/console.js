@@ -2,6 +2,8 @@
  *
  * - [data-copy-target="#id"] buttons copy the text of the target element to the clipboard.
  * - select[data-autosubmit] submits its form on change (the language switcher).
+ * - window.consolePoll(box, draw, ms) polls box's data-progress-url until the JSON says
+ *   finished, calling draw(box, data) each time (the verification and apply pages).
  * - The "new deployment" wizard: a topology preset fills the upstream fields, and the
  *   certificate fields show only when HTTPS is on. Without JavaScript every field stays visible
  *   and the server applies the preset, so the pages work either way.
@@ -144,6 +146,30 @@
     tls.addEventListener("change", sync);
     sync();
   }
+
+  function poll(box, draw, ms) {
+    var url = box.getAttribute("data-progress-url");
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("progress " + response.status);
+        }
+        return response.json();
+      })
+      .then(function (data) {
+        draw(box, data);
+        box.setAttribute("data-finished", data.finished ? "1" : "0");
+        if (!data.finished) {
+          window.setTimeout(function () { poll(box, draw, ms); }, ms);
+        }
+      })
+      .catch(function () {
+        // A network hiccup: try again a little later rather than giving up on the page.
+        window.setTimeout(function () { poll(box, draw, ms); }, ms * 3);
+      });
+  }
+
+  window.consolePoll = poll;
 
   function start() {
     setUpCopyButtons(document);

@@ -174,28 +174,6 @@
     }
   }
 
-  function poll(box) {
-    var url = box.getAttribute("data-progress-url");
-    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (response) {
-        if (!response.ok) {
-          throw new Error("progress " + response.status);
-        }
-        return response.json();
-      })
-      .then(function (data) {
-        draw(box, data);
-        box.setAttribute("data-finished", data.finished ? "1" : "0");
-        if (!data.finished) {
-          window.setTimeout(function () { poll(box); }, POLL_MS);
-        }
-      })
-      .catch(function () {
-        // A network hiccup: try again a little later rather than giving up on the run.
-        window.setTimeout(function () { poll(box); }, POLL_MS * 3);
-      });
-  }
-
   document.addEventListener("DOMContentLoaded", function () {
     var box = document.getElementById("verify-run");
     var bar = box && box.querySelector("[data-run-progress]");
@@ -204,7 +182,7 @@
       bar.style.width = "100%";
     }
     if (box && box.getAttribute("data-finished") !== "1") {
-      poll(box);
+      window.consolePoll(box, draw, POLL_MS);
     }
   });
 })();

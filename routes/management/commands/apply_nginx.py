@@ -14,7 +14,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
 from routes import tasks
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
+from routes.management.base import ConsoleCommand, add_selection_arguments, selected_deployments
 from routes.models import Deployment, NginxApply
 from routes.nginx.apply import ApplyRefused, perform_apply, queue_apply
 from routes.nginx.apply_report import apply_as_json, step_label
@@ -31,11 +31,7 @@ class Command(ConsoleCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("slugs", nargs="*", metavar="SLUG", help="Deployments to apply.")
-        parser.add_argument(
-            "--all", action="store_true", help="Apply every deployment (of --team, if given)."
-        )
-        add_team_argument(parser, help_text="With --all: only this team's.")
+        add_selection_arguments(parser, verb="apply")
         parser.add_argument(
             "--no-verify",
             action="store_true",
@@ -78,32 +74,10 @@ class Command(ConsoleCommand):
             raise SystemExit(1)
 
     def _select(self, options: dict[str, Any]) -> list[Deployment]:
-        slugs, everything, team_slug = options["slugs"], options["all"], options["team"]
-        if everything and slugs:
-            raise CommandError(
-                _("Give deployment slugs or --all, not both."), returncode=USAGE_ERROR
-            )
-        if not everything and not slugs:
-            raise CommandError(
-                _("Give one or more deployment slugs, or --all."), returncode=USAGE_ERROR
-            )
-        if team_slug and not everything:
-            raise CommandError(_("--team only works with --all."), returncode=USAGE_ERROR)
-        queryset = Deployment.objects.order_by("slug")
-        if everything:
-            team = resolve_team(team_slug, returncode=USAGE_ERROR)
-            found = list(queryset.filter(team=team) if team is not None else queryset)
-            if not found:
-                raise CommandError(_("No deployment to apply."), returncode=USAGE_ERROR)
-            return found
-        found = list(queryset.filter(slug__in=slugs))
-        missing = sorted(set(slugs) - {d.slug for d in found})
-        if missing:
-            raise CommandError(
-                _("Unknown deployment: %(slugs)s") % {"slugs": ", ".join(missing)},
-                returncode=USAGE_ERROR,
-            )
-        return found
+        deployments, _team = selected_deployments(options, returncode=USAGE_ERROR)
+        if not deployments:
+            raise CommandError(_("No deployment to apply."), returncode=USAGE_ERROR)
+        return deployments
 
     def _report(self, record: NginxApply) -> None:
         for step in record.steps:

@@ -13,8 +13,13 @@ from django.utils import translation
 
 from routes import tasks
 from routes import validators as v
-from routes.management.base import ConsoleCommand, add_team_argument, resolve_team
-from routes.models import Deployment, Team, VerificationRun
+from routes.management.base import (
+    ConsoleCommand,
+    add_team_argument,
+    named_deployments,
+    resolve_team,
+)
+from routes.models import VerificationRun
 from routes.verification import runs
 
 USAGE_ERROR = 2
@@ -92,7 +97,7 @@ class Command(ConsoleCommand):
                 raise CommandError(
                     f"--base-url: {' '.join(exc.messages)}", returncode=USAGE_ERROR
                 ) from None
-        deployments = self._deployments(options["slugs"], team)
+        deployments = named_deployments(options["slugs"], team=team, returncode=USAGE_ERROR)
         all_passed = True
         for deployment in deployments:
             # Whoever runs a command holds the server and its encryption keys, like an owner:
@@ -111,22 +116,6 @@ class Command(ConsoleCommand):
                 self._table(run)
         if not all_passed:
             raise SystemExit(1)
-
-    def _deployments(self, slugs: list[str], team: Team | None) -> list[Deployment]:
-        found = {d.slug: d for d in Deployment.objects.filter(slug__in=slugs)}
-        missing = [s for s in slugs if s not in found]
-        if missing:
-            raise CommandError(
-                f"Unknown deployment slug(s): {', '.join(missing)}.", returncode=USAGE_ERROR
-            )
-        if team is not None:
-            outside = [s for s in slugs if found[s].team_id != team.pk]
-            if outside:
-                raise CommandError(
-                    f"Not in team {team.slug!r}: {', '.join(outside)}.", returncode=USAGE_ERROR
-                )
-        # Each slug once, in the order given.
-        return [found[s] for s in dict.fromkeys(slugs)]
 
     def _table(self, run: VerificationRun) -> None:
         data = runs.run_as_json(run)
