@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_tasks import task
@@ -45,18 +47,36 @@ def run_verification(run_id: int, insecure: bool = False) -> dict[str, Any]:
     return {"run": run.pk, "status": run.status}
 
 
-def _enqueue(run_id: int, insecure: bool) -> None:
+def _hand_over(
+    work: Any,
+    args: tuple[Any, ...],
+    *,
+    rows: QuerySet[Any],
+    waiting: dict[str, str],
+    failed: Callable[[Exception], dict[str, Any]],
+) -> None:
+    """Enqueue work(*args) and store its task id on rows; when the queue itself fails, store
+    failed(exc) on the rows still waiting, so nothing stays queued forever behind it."""
     try:
-        result = run_verification.enqueue(run_id, insecure)
-    except Exception as exc:  # the queue itself failed: the run must not stay queued forever
-        logger.exception("could not enqueue verification run %s", run_id)
-        VerificationRun.objects.filter(pk=run_id, status=VerificationRun.Status.QUEUED).update(
-            status=VerificationRun.Status.ERROR,
-            finished_at=timezone.now(),
-            error=_("Could not queue the run: %(error)s") % {"error": type(exc).__name__},
-        )
+        result = work.enqueue(*args)
+    except Exception as exc:
+        logger.exception("could not enqueue %s%r", getattr(work, "name", "task"), args)
+        rows.filter(**waiting).update(finished_at=timezone.now(), **failed(exc))
         return
-    VerificationRun.objects.filter(pk=run_id).update(task_id=str(result.id)[:64])
+    rows.update(task_id=str(result.id)[:64])
+
+
+def _enqueue(run_id: int, insecure: bool) -> None:
+    _hand_over(
+        run_verification,
+        (run_id, insecure),
+        rows=VerificationRun.objects.filter(pk=run_id),
+        waiting={"status": VerificationRun.Status.QUEUED},
+        failed=lambda exc: {
+            "status": VerificationRun.Status.ERROR,
+            "error": _("Could not queue the run: %(error)s") % {"error": type(exc).__name__},
+        },
+    )
 
 
 def queue_run(run: VerificationRun, *, insecure: bool = False) -> None:
@@ -175,17 +195,16 @@ def queue_apply_notifications(record: NginxApply) -> list[int]:
 
 
 def _enqueue_apply(apply_id: int) -> None:
-    try:
-        result = run_apply.enqueue(apply_id)
-    except Exception as exc:  # the queue itself failed: the apply must not stay queued forever
-        logger.exception("could not enqueue apply %s", apply_id)
-        NginxApply.objects.filter(pk=apply_id, result=NginxApply.Result.QUEUED).update(
-            result=NginxApply.Result.REFUSED,
-            finished_at=timezone.now(),
-            reason=_("Could not queue the apply: %(error)s") % {"error": type(exc).__name__},
-        )
-        return
-    NginxApply.objects.filter(pk=apply_id).update(task_id=str(result.id)[:64])
+    _hand_over(
+        run_apply,
+        (apply_id,),
+        rows=NginxApply.objects.filter(pk=apply_id),
+        waiting={"result": NginxApply.Result.QUEUED},
+        failed=lambda exc: {
+            "result": NginxApply.Result.REFUSED,
+            "reason": _("Could not queue the apply: %(error)s") % {"error": type(exc).__name__},
+        },
+    )
 
 
 def start_apply(*, deployment: Deployment) -> NginxApply:

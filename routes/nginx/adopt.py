@@ -26,7 +26,14 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from routes import validators as v
-from routes.models import CPA_PORT, CPAMP_PORT, PRESETS, Deployment, RouteOverride
+from routes.models import (
+    CPA_PORT,
+    CPAMP_PORT,
+    DEPLOYMENT_FIELD_GROUPS,
+    PRESETS,
+    Deployment,
+    RouteOverride,
+)
 from routes.nginx import boundaries as b
 from routes.nginx.regexes import RegexTimeout
 from routes.nginx.render import HEADER_SET, Location, effective_locations
@@ -41,22 +48,14 @@ CONSOLE_HEADER_PREFIX = "x-console-"
 TARGET_LABELS = {b.CPA: "CPA", b.CPAMP: "CPAMP"}
 # The deployment fields a site config describes: an import sets each of them (a field the file
 # leaves out takes nginx's or the model's default); an update keeps the others as stored.
+_GROUPS = DEPLOYMENT_FIELD_GROUPS
 DESCRIBED_FIELDS = (
     "mode",
     "server_name",
-    "listen_address",
-    "tls",
-    "http_port",
-    "https_port",
-    "ssl_certificate",
-    "ssl_certificate_key",
-    "http2",
-    "cpa_upstream",
-    "cpamp_upstream",
-    "resolver",
-    "client_max_body_size",
-    "proxy_read_timeout",
-    "proxy_send_timeout",
+    *_GROUPS["listening"],
+    # The CPA URL is CPAMP's own setting and tracing the console's: no site file holds them.
+    *(name for name in _GROUPS["upstreams"] if name != "cpamp_cpa_url"),
+    *(name for name in _GROUPS["proxy"] if name != "route_tracing"),
 )
 # nginx's own values where a file sets none: importing must not change what the site does.
 NGINX_DEFAULTS = {"client_max_body_size": "1m", "proxy_read_timeout": 60, "proxy_send_timeout": 60}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery, prefetch_related_objects
 
 from routes.models import ConfigExport, Deployment
-from routes.nginx.export import MANIFEST, sha256
+from routes.nginx.export import MANIFEST, read_regular_bytes, sha256
 from routes.nginx.render import COMMON_FILENAME, InvalidDeployment, render_site, site_filename
 
 if TYPE_CHECKING:
@@ -97,27 +96,6 @@ def rendered_hash(deployment: Deployment) -> str | None:
         return None
 
 
-def _bounded_bytes(path: Path, limit: int) -> bytes | None:
-    """Return the bytes of the regular file at path, or None: missing, not regular, too big.
-
-    stat() first, so a FIFO or a device is never opened; the open does not block, and fstat()
-    confirms the file in case the path was swapped in between.
-    """
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except (OSError, ValueError):
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            is_regular = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
-            data = fh.read(limit + 1) if is_regular else None
-        except OSError:
-            return None
-    return data if data is not None and len(data) <= limit else None
-
-
 # {manifest path: (its stat signature, {deployment slug: {file name: sha256}})}. The export
 # replaces the manifest by a rename, so a new version always has a new signature.
 _manifests: dict[str, tuple[tuple[int, ...], dict[str, dict[str, str]]]] = {}
@@ -160,7 +138,7 @@ def written_files(directory: Path) -> dict[str, dict[str, str]]:
         cached = _manifests.get(str(path))
     if cached is not None and cached[0] == signature:
         return cached[1]
-    data = _bounded_bytes(path, MAX_MANIFEST_BYTES)
+    data = read_regular_bytes(path, MAX_MANIFEST_BYTES)
     parsed = _parse_manifest(data) if data is not None else {}
     with _manifests_lock:
         _manifests[str(path)] = (signature, parsed)
@@ -181,7 +159,7 @@ def disk_drift(deployment: Deployment, *, directory: Path | None = None) -> Disk
     differing = {}
     for name, digest in sorted(expected.items()):
         path = directory / name
-        data = _bounded_bytes(path, MAX_FILE_BYTES)
+        data = read_regular_bytes(path, MAX_FILE_BYTES)
         if data is None:
             differing[name] = MISSING if not os.path.lexists(path) else EDITED
         elif hashlib.sha256(data).hexdigest() != digest:

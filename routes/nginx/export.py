@@ -391,8 +391,8 @@ def check_files(files: dict[str, str]) -> NginxCheck:
 # --- writing --------------------------------------------------------------------------------
 
 
-def read_regular_text(path: Path) -> str | None:
-    """Return the text of path when it is a regular file (bad UTF-8 replaced), else None.
+def read_regular_bytes(path: Path, limit: int | None = None) -> bytes | None:
+    """Return the bytes of path when it is a regular file of at most limit bytes, else None.
 
     stat() first, so a FIFO, a device or a directory is never opened; the open itself does not
     block and fstat() confirms the file, in case the path was swapped in between.
@@ -407,10 +407,16 @@ def read_regular_text(path: Path) -> str | None:
         try:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 return None
-            data = fh.read()
+            data = fh.read() if limit is None else fh.read(limit + 1)
         except OSError:
             return None
-    return data.decode("utf-8", errors="replace")
+    return data if limit is None or len(data) <= limit else None
+
+
+def read_regular_text(path: Path) -> str | None:
+    """Return the text of path when it is a regular file (bad UTF-8 replaced), else None."""
+    data = read_regular_bytes(path)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def remove_leftovers(directory: Path, owned: Iterable[str]) -> list[str]:
