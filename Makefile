@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # exclusive transactions).
 WORKERS ?= 4
 
-.PHONY: run test test-fast lint format migrate messages bench clean system-deps
+.PHONY: run demo test test-fast lint format migrate messages bench clean system-deps
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ run: $(VENV)/.installed
 	$(PY) manage.py run_scheduler & \
 	$(VENV)/bin/gunicorn console.wsgi:application --bind $(HOST):$(PORT) --workers 2 \
 		--access-logfile - --forwarded-allow-ips 127.0.0.1
+
+## make demo (optional): the console with a demo team and deployment, the CPA and CPAMP emulators
+## and a private nginx serving its exported config, all on 127.0.0.1, in $(DEMO_DIR) (a database
+## of its own: data/ is left alone). It prints the login; a passing run shows within a minute, and
+## its demo page stops CPAMP for a failing one. Ctrl-C stops everything it started.
+DEMO_DIR ?= data/demo
+demo: $(VENV)/.installed
+	CONSOLE_DATA_DIR=$(DEMO_DIR) $(PY) manage.py compilemessages -v0 --ignore=.venv 2>/dev/null || true
+	$(PY) -m tests.fakes.demo --data-dir $(DEMO_DIR) --port $(PORT)
 
 ## Debian packages the tests need: real nginx, chromium and a CJK font for the Chinese
 ## screenshots (root on these machines).

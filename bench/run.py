@@ -4,6 +4,10 @@ bench_export_check.py (export_nginx --all --check at 5,000 deployments) takes ab
 minute; set BENCH_SKIP_EXPORT_CHECK=1 to skip it. bench_scale.py (the dashboard and the lists at
 10,000 deployments with 1,000,000 check results) takes a few minutes; set BENCH_SKIP_SCALE=1 to
 skip it, or BENCH_SCALE_DEPLOYMENTS=1000 BENCH_SCALE_RESULTS=100000 for a quick run.
+bench_nginx_scale.py (nginx -t of today's, the new and the seed-shaped config at 1,000 and 10,000
+deployments, then export_nginx --all --check at 10,000) takes ten minutes or more, most of it
+today's config at 10,000; set BENCH_SKIP_NGINX_SCALE=1 to skip it, or BENCH_NGINX_DEPLOYMENTS=2000
+for a quick run.
 """
 
 import subprocess

@@ -239,12 +239,21 @@ CONSOLE_NGINX_CHECK_TIMEOUT = env.int("CONSOLE_NGINX_CHECK_TIMEOUT", default=60)
 # Site files per `nginx -t` run: larger exports are checked in parts (each with the shared file),
 # because one run over thousands of sites takes minutes and gigabytes of memory.
 CONSOLE_NGINX_CHECK_PART = env.int("CONSOLE_NGINX_CHECK_PART", default=500)
+# Put a catch-all server (`return 444` for Host names no deployment serves) into the shared file
+# on every port the exported sites use. Only for an export directory whose nginx has no other
+# default server on those ports: nginx refuses two. `export_nginx --default-server` does it once.
+CONSOLE_NGINX_DEFAULT_SERVER = env.bool("CONSOLE_NGINX_DEFAULT_SERVER", default=False)
+# Seconds gixy-next (when installed) may take to lint one deployment's config on the config page.
+CONSOLE_GIXY_TIMEOUT = env.float("CONSOLE_GIXY_TIMEOUT", default=20.0)
 # Largest definitions file `import_deployments` reads, in bytes.
 CONSOLE_IMPORT_MAX_BYTES = env.int("CONSOLE_IMPORT_MAX_BYTES", default=50 * 1024 * 1024)
 # Seconds one match of a user's location regex may take (lint, simulator, routes tester).
 CONSOLE_REGEX_TIMEOUT = env.float("CONSOLE_REGEX_TIMEOUT", default=0.2)
 # Verification runs kept per job; older ones are pruned by `manage.py prune_runs`.
 CONSOLE_RUNS_KEPT = env.int("CONSOLE_RUNS_KEPT", default=50)
+# Exported configs kept per deployment (the export history); older ones are pruned by
+# `manage.py prune_exports`. At least one stays: the next export compares with it.
+CONSOLE_EXPORTS_KEPT = env.int("CONSOLE_EXPORTS_KEPT", default=20)
 # Base URLs on link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10,
 # fd00:ec2::254) are refused: a check sent there reads the host's instance credentials. Turn this
 # on only for a deployment that really is reached through such an address.
@@ -257,6 +266,10 @@ CONSOLE_VERIFY_POOL = env.int("CONSOLE_VERIFY_POOL", default=8)
 # running counts as dead, its worker stopped. It covers storing the results; a run claimed
 # without a stored deadline counts from its start.
 CONSOLE_RUN_STALE_AFTER = env.int("CONSOLE_RUN_STALE_AFTER", default=60)
+
+# Set by `make demo` only (tests/fakes/demo.py): the loopback URL of its emulators' control
+# server. When set, the admin has a demo page that stops and starts CPAMP; empty: no such page.
+CONSOLE_DEMO_CONTROL_URL = env("CONSOLE_DEMO_CONTROL_URL", default="")
 
 # --- Apply (routes/nginx/apply.py, `manage.py apply_nginx`) --------------------------------
 # The directory the live nginx includes (e.g. /etc/nginx/conf.d for `include conf.d/*.conf;`):

@@ -30,6 +30,7 @@ ACTION_LABELS: dict[str, StrOrPromise] = {
     "channel.delete": _("Notification channel deleted"),
     "channel.test": _("Notification channel tested"),
     "config.export": _("Nginx config exported"),
+    "config.prune": _("Export history pruned"),
     "config.test": _("Nginx config tested"),
     "definitions.export": _("Definitions downloaded"),
     "deployment.create": _("Deployment created"),

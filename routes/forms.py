@@ -115,12 +115,14 @@ def summarise(fields: dict[str, Any]) -> str:
 
 
 class DeploymentForm(forms.ModelForm):
+    # The wizard's presets (routes.models.PRESETS), as radio buttons: console.js fills the
+    # upstream fields when one is picked and switches to Custom when an address is typed.
     topology = forms.ChoiceField(
         label=_("Topology preset"),
         required=False,
         initial="docker",
+        widget=forms.RadioSelect,
         choices=[
-            ("", _("None: I fill in the upstream fields")),
             (
                 "docker",
                 _(
@@ -135,8 +137,12 @@ class DeploymentForm(forms.ModelForm):
                     "CPAMP reaches CPA at http://127.0.0.1:8317"
                 ),
             ),
+            ("custom", _("Custom: I fill in the upstream fields")),
         ],
-        help_text=_("Fills every upstream field you leave blank with the preset's value."),
+        help_text=_(
+            "A preset sets the upstream fields below that still hold a preset's address; an "
+            "address you typed is kept, and a blank one is refused, never filled in."
+        ),
     )
     loaded_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
     # Set per request by the deployment admin: whose role rules apply to key destinations.
@@ -154,11 +160,13 @@ class DeploymentForm(forms.ModelForm):
             self.fields["loaded_version"].initial = self.instance.version
         else:
             self.fields.pop("loaded_version", None)
-            # Blank upstreams on the add form, so that the chosen preset fills them.
+            # The add form shows the Docker preset's addresses (the model's defaults), so what
+            # is saved is what the page showed.
             for name in UPSTREAM_FIELDS:
                 if name in self.fields:
-                    self.fields[name].required = False
-                    self.initial[name] = ""
+                    self.fields[name].error_messages["required"] = _(
+                        "Required: type the address, or choose a topology preset to fill it in."
+                    )
 
     def clean_server_name(self) -> str:
         # Users type IDN domains; nginx and the model want the punycode form.
@@ -167,20 +175,12 @@ class DeploymentForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         super().clean()
         cleaned = self.cleaned_data
-        if "topology" in self.fields:
-            preset = PRESETS.get(cleaned.get("topology") or "")
+        preset = PRESETS.get(cleaned.get("topology") or "") if "topology" in self.fields else None
+        if preset is not None:
+            # Without JavaScript the fields still hold the preset first shown: a preset's
+            # address follows the chosen preset, a typed one stays. Blanks were refused above.
             for name in UPSTREAM_FIELDS:
-                if name not in self.fields or cleaned.get(name) or name in self.errors:
-                    continue
-                if preset is None:
-                    self.add_error(
-                        name,
-                        ValidationError(
-                            _("Required: fill it in or choose a topology preset."),
-                            code="required",
-                        ),
-                    )
-                else:
+                if cleaned.get(name) in {values[name] for values in PRESETS.values()}:
                     cleaned[name] = preset[name]
         if self.instance.pk and "loaded_version" in self.fields:
             self._refuse_stale_edit(cleaned)

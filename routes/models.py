@@ -406,7 +406,8 @@ class Deployment(models.Model):
                 name="deployment_tls_needs_certificate",
             ),
             models.CheckConstraint(
-                condition=Q(client_ip="edge") | (Q(client_ip="behind_proxy") & ~Q(trusted_proxies="")),
+                condition=Q(client_ip="edge")
+                | (Q(client_ip="behind_proxy") & ~Q(trusted_proxies="")),
                 name="deployment_client_ip_valid",
             ),
             models.CheckConstraint(
@@ -755,6 +756,14 @@ class NginxTest(models.Model):
     ok = models.BooleanField(_("accepted by nginx"))
     timed_out = models.BooleanField(_("timed out"), default=False)
     output = models.TextField(_("nginx output"), blank=True)
+    # routes/nginx/gixy.py Report.as_json(); NULL: gixy-next is not installed or did not run.
+    gixy = models.JSONField(
+        _("gixy-next findings"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('What gixy-next reported, e.g. {"findings": [], "error": ""}.'),
+    )
     tested_at = models.DateTimeField(_("tested at"))
     tested_by = user_link(_("tested by"))
 
@@ -820,7 +829,9 @@ class VerificationJob(models.Model):
         blank=True,
         help_text=_('A check that passes slower than this, e.g. 1500, carries a "slow" warning.'),
     )
-    last_enqueued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_enqueued_at = models.DateTimeField(
+        _("last queued at"), null=True, blank=True, editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -988,6 +999,18 @@ class AuditEvent(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name = _("audit event")
         verbose_name_plural = _("audit events")
+        # The list's order, alone and after each of its filters and the team scope: a page reads
+        # the newest rows of one index however long the trail grows. (object_type, object_id)
+        # is an object's History page and the changes a stale deployment form lists.
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="audit_newest_idx"),
+            models.Index(fields=["team", "-created_at", "-id"], name="audit_team_newest_idx"),
+            models.Index(fields=["actor", "-created_at", "-id"], name="audit_actor_newest_idx"),
+            models.Index(fields=["action", "-created_at", "-id"], name="audit_action_newest_idx"),
+            models.Index(
+                fields=["object_type", "object_id", "-created_at", "-id"], name="audit_object_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return (

@@ -208,15 +208,22 @@ def test_no_rollback_keeps_a_regressed_config_and_reports_it(deployment, nginx_l
 
 
 def test_a_clashing_foreign_file_gives_test_failed_and_nothing_changes(deployment, nginx_live):
+    deployment.limit_req_rate = "5r/s"
+    deployment.save()
     with serving(deployment) as live:
         code, first = apply("prod")
         assert code == 0
-        # Someone kept a copy of the exported site under another name: the console does not own
-        # it, and its upstream blocks clash with the export's.
+        # Someone kept a copy of the shared file under another name: the console does not own
+        # it, and its rate-limit zone clashes with the export's.
         site = nginx_live.conf_dir / site_filename(live)
+        shared = nginx_live.conf_dir / COMMON_FILENAME
         foreign = nginx_live.conf_dir / "zz-prod-copy.conf"
-        foreign.write_text(site.read_text())
-        line = foreign.read_text().splitlines().index("upstream console_prod_cpa {") + 1
+        foreign.write_text(shared.read_text())
+        line = next(
+            n
+            for n, text in enumerate(foreign.read_text().splitlines(), 1)
+            if "zone=console_" in text
+        )
         live.client_max_body_size = "32m"
         live.save()
         code, data = apply("prod")
@@ -224,13 +231,13 @@ def test_a_clashing_foreign_file_gives_test_failed_and_nothing_changes(deploymen
         assert data["result"] == "test_failed"
         assert "zz-prod-copy.conf" in data["test_output"]
         record = NginxApply.objects.get(pk=data["apply"])
-        assert 'duplicate upstream "console_prod_cpa"' in record.reason
+        assert '"console_5r_s" is already bound' in record.reason
         assert f"zz-prod-copy.conf, line {line})" in record.reason
         # nginx keeps serving the old config; the directory holds it; the foreign file is as it was.
         assert answering_hash(live) == first["config_hash"]
         assert config_hash(site.read_text()) == first["config_hash"]
         assert "client_max_body_size 64m" in site.read_text()
-        assert foreign.read_text() == site.read_text()
+        assert foreign.read_text() == shared.read_text()
         assert not data["runs"]
     assert [s["step"] for s in data["steps"]][-2:] == ["tested", "restored"]
     assert not (nginx_live.conf_dir / JOURNAL).exists()

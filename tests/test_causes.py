@@ -30,6 +30,8 @@ LIBRARY_TEXT = re.compile(
 # Parameters every code's words may need, as the checks store them.
 SAMPLE: dict[str, Any] = {
     "status": 502,
+    "latency_ms": 2300,
+    "threshold_ms": 1500,
     "upstream": "cpa",
     "observed": "cpamp",
     "address": "cli-proxy-api:8317",

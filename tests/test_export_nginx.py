@@ -86,13 +86,33 @@ def test_every_export_is_stored_with_its_hash_and_audited(deployment, tmp_path):
     assert event.actor_label == "command"
 
 
-def test_an_unchanged_file_is_not_rewritten(deployment, tmp_path):
+def test_an_unchanged_file_is_not_rewritten_nor_recorded_again(deployment, tmp_path):
     write_export(deployments=[deployment], output_dir=tmp_path)
     before = (tmp_path / "prod.conf").stat().st_mtime_ns
     result = write_export(deployments=[deployment], output_dir=tmp_path)
     assert "prod.conf" in result.unchanged
     assert (tmp_path / "prod.conf").stat().st_mtime_ns == before
-    assert ConfigExport.objects.filter(deployment=deployment).count() == 2
+    assert ConfigExport.objects.filter(deployment=deployment).count() == 1
+    assert result.exports == []
+    assert AuditEvent.objects.filter(action="config.export").count() == 1
+
+
+def test_an_all_export_that_changes_nothing_adds_no_history(deployment, second, tmp_path):
+    export("--all", "--output-dir", str(tmp_path))
+    rows = ConfigExport.objects.count()
+    events = AuditEvent.objects.filter(action="config.export").count()
+    assert (rows, events) == (2, 1)
+    export("--all", "--output-dir", str(tmp_path))
+    assert ConfigExport.objects.count() == rows
+    assert AuditEvent.objects.filter(action="config.export").count() == events
+    # A change records the one deployment that changed, and only it.
+    deployment.client_max_body_size = "128m"
+    deployment.save()
+    export("--all", "--output-dir", str(tmp_path))
+    latest = ConfigExport.objects.order_by("-id").first()
+    assert ConfigExport.objects.count() == rows + 1 and latest.deployment == deployment
+    event = AuditEvent.objects.filter(action="config.export").order_by("-id").first()
+    assert set(event.changes["exports"]) == {"prod"}
 
 
 def test_a_failed_write_keeps_the_old_file_whole_and_leaves_no_temporary_file(
@@ -370,3 +390,20 @@ def test_check_without_nginx_fails_plainly(deployment, tmp_path, settings):
     with pytest.raises(CommandError, match="nginx is not installed"):
         export("prod", "--check", "--output-dir", str(tmp_path))
     assert not (tmp_path / "prod.conf").exists()
+
+
+@pytest.mark.nginx
+def test_default_server_adds_a_catch_all_on_the_sites_ports_to_the_shared_file(
+    deployment, second, tmp_path, settings
+):
+    out, _err = export("--all", "--check", "--default-server", "--output-dir", str(tmp_path))
+    assert "nginx -t: ok" in out
+    shared = (tmp_path / COMMON_FILENAME).read_text()
+    assert "    listen 80 default_server;\n    server_name _;" in shared
+    assert "return 444;" in shared
+    # Without the flag the setting decides, and it is off by default.
+    export("--all", "--output-dir", str(tmp_path))
+    assert "default_server" not in (tmp_path / COMMON_FILENAME).read_text()
+    settings.CONSOLE_NGINX_DEFAULT_SERVER = True
+    export("--all", "--output-dir", str(tmp_path))
+    assert "default_server" in (tmp_path / COMMON_FILENAME).read_text()

@@ -159,6 +159,16 @@ ALLOWED_DIRECTIVES = {
     "location",
     "ssl_certificate",
     "ssl_certificate_key",
+    # Edge hardening (issue 14).
+    "server_tokens",
+    *(name for name, _value in render.TLS_SETTINGS),
+    "set_real_ip_from",
+    "real_ip_header",
+    "real_ip_recursive",
+    "limit_req_zone",
+    "limit_req",
+    "limit_req_status",
+    "root",
 }
 
 
@@ -166,9 +176,12 @@ def _walk(block):
     for directive in block:
         yield directive
         if directive["directive"] == "map":
-            # A map's entries are value pairs, not directives: they must be the seed's two.
+            # A map's entries are value pairs, not directives: the seed's two, or route tracing's.
             entries = [(d["directive"], d["args"]) for d in directive["block"]]
-            assert entries == [("default", ["upgrade"]), ("", ["close"])], entries
+            if directive["args"][-1] == "$connection_upgrade":
+                assert entries == [("default", ["upgrade"]), ("", ["close"])], entries
+            else:
+                assert directive["args"][-1] in ("$console_cpamp", "$console_upstream"), directive
             continue
         yield from _walk(directive.get("block", []))
 

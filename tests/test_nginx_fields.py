@@ -156,6 +156,15 @@ DEPLOYMENT_FIELDS = {
     "client_max_body_size": ("validator", [v.validate_size], ["64m;", "1 g", "64mb"]),
     "proxy_read_timeout": ("int", [], [0, 86401, "10s"]),
     "proxy_send_timeout": ("int", [], [0, 100000, "5;"]),
+    "client_ip": ("choices", [], ["cdn", "edge;"]),
+    "trusted_proxies": (
+        "validator",
+        [v.validate_trusted_proxies],
+        ["10.0.0.0/8;", "0.0.0.0/0", "10.0.0.1/8", "$remote_addr", "fe80::/10%eth0"],
+    ),
+    "limit_req_rate": ("validator", [v.validate_rate], ["5r/s;", "0r/s", "5r/h", "5 r/s"]),
+    "limit_req_burst": ("int", [], [0, 1001, "20 nodelay"]),
+    "acme_webroot": ("validator", [v.validate_file_path], ["/a b", "/w;root /", "rel/dir"]),
 }
 OVERRIDE_FIELDS = {
     "match": ("choices", [], ["bogus", "regex;"]),
@@ -205,10 +214,12 @@ def _variants():
     """Return deployments and overrides that take every branch of the renderer."""
     ip_upstreams = {"cpa_upstream": "127.0.0.1:8317", "cpamp_upstream": "[::1]:18317"}
     tls = {"tls": True, "ssl_certificate": "/c.pem", "ssl_certificate_key": "/k.pem"}
+    edge = {"client_ip": "behind_proxy", "trusted_proxies": "10.0.0.0/8", "limit_req_rate": "5r/s"}
     deployments = [
         _deployment(),
         _deployment(**ip_upstreams, **tls, listen_address="::1", route_tracing=False),
-        _deployment(**tls, http2=False, mode="cpa_panel", https_port=8443),
+        _deployment(**tls, **edge, http2=False, mode="cpa_panel", https_port=8443),
+        _deployment(**tls, acme_webroot="/var/www/certbot"),
     ]
     overrides = [
         RouteOverride(pk=1, match="exact", path="/x", target="cpamp", note="n"),
@@ -407,6 +418,13 @@ def deployments(draw):
         proxy_read_timeout=draw(numbers(1, 86400, 3600)),
         proxy_send_timeout=draw(numbers(1, 86400, 3600)),
         route_tracing=draw(st.booleans()),
+        client_ip=draw(mostly(st.sampled_from(["edge", "behind_proxy"]))),
+        trusted_proxies=draw(
+            mostly(st.sampled_from(["", "10.0.0.0/8", "127.0.0.1 2001:db8::/32"]))
+        ),
+        limit_req_rate=draw(mostly(st.sampled_from(["", "5r/s", "300r/m"]))),
+        limit_req_burst=draw(numbers(1, 1000, 20)),
+        acme_webroot=draw(mostly(st.sampled_from(["", "/var/www/certbot"]))),
     )
 
 
@@ -462,19 +480,9 @@ def assert_exactly_intended(deployment, rows) -> None:
     targets = {t for t in expected_locations.values() if t != "302"}
     by_name = {t: render.resolves_at_request_time(_upstream_of(deployment, t)) for t in targets}
 
-    upstreams = [d for d in top if d["directive"] == "upstream"]
-    assert sorted(d["args"][0] for d in upstreams) == sorted(
-        render.upstream_name(deployment, t) for t in targets if not by_name[t]
-    )
-    for block in upstreams:
-        target = block["args"][0].rsplit("_", 1)[1]
-        assert [(d["directive"], d["args"]) for d in block["block"]] == [
-            ("server", [_upstream_of(deployment, target)])
-        ]
-    servers = [d for d in top if d["directive"] == "server"]
-    assert [d["directive"] for d in top] == ["upstream"] * len(upstreams) + ["server"] * (
-        2 if deployment.tls else 1
-    )
+    # Nothing nginx-wide: no upstream blocks, only servers.
+    assert [d["directive"] for d in top] == ["server"] * (2 if deployment.tls else 1)
+    servers = top
     main = servers[0]["block"]
 
     # listen: the stored address (the same IP, v6 bracketed) and the right port and flags.
@@ -489,14 +497,36 @@ def assert_exactly_intended(deployment, rows) -> None:
     wanted_flags = (["ssl", "http2"] if deployment.http2 else ["ssl"]) if deployment.tls else []
     assert flags == wanted_flags
     assert _args(main, "server_name") == [[deployment.server_name]]
+    assert _args(main, "server_tokens") == [["off"]]
     if deployment.tls:
         assert _args(main, "ssl_certificate") == [[deployment.ssl_certificate]]
         assert _args(main, "ssl_certificate_key") == [[deployment.ssl_certificate_key]]
+        for name, value in render.TLS_SETTINGS:
+            assert _args(main, name) == [value.split()]
     assert _args(main, "client_max_body_size") == [[deployment.client_max_body_size]]
     assert _args(main, "proxy_read_timeout") == [[f"{deployment.proxy_read_timeout}s"]]
     assert _args(main, "proxy_send_timeout") == [[f"{deployment.proxy_send_timeout}s"]]
     assert _args(main, "proxy_http_version") == [["1.1"]]
     assert _args(main, "proxy_buffering") == [["off"]]
+    assert _args(main, "proxy_set_header") == [list(pair) for pair in render.HEADER_SET]
+    assert _args(main, "add_header") == (
+        [["X-Console-Upstream", "$console_upstream", "always"],
+         ["X-Console-Config", render.config_hash(text), "always"]]
+        if deployment.route_tracing
+        else []
+    )  # fmt: skip
+    if deployment.client_ip == "behind_proxy":
+        assert _args(main, "set_real_ip_from") == [
+            [cidr] for cidr in v.trusted_proxies(deployment.trusted_proxies)
+        ]
+        assert _args(main, "real_ip_header") == [["X-Forwarded-For"]]
+        assert _args(main, "real_ip_recursive") == [["on"]]
+    else:
+        assert _args(main, "set_real_ip_from") == []
+    # The upstream addresses are set once per server, as variables named alike everywhere.
+    assert _args(main, "set") == [
+        [f"${render.variable_name(t)}", _upstream_of(deployment, t)] for t in sorted(targets)
+    ]
     resolvers = _args(main, "resolver")
     if any(by_name.values()):
         ((*addresses, valid, ipv6),) = resolvers
@@ -506,6 +536,13 @@ def assert_exactly_intended(deployment, rows) -> None:
         assert all(a.startswith("[") == (_ip(a).version == 6) for a in addresses)
     else:
         assert resolvers == []
+    limit = (
+        [f"zone={render.limit_zone(deployment.limit_req_rate)}",
+         f"burst={deployment.limit_req_burst}", "nodelay"]
+        if deployment.limit_req_rate
+        else None
+    )  # fmt: skip
+    assert _args(main, "limit_req_status") == ([["429"]] if limit else [])
 
     seen = {}
     for location in (d for d in main if d["directive"] == "location"):
@@ -518,48 +555,62 @@ def assert_exactly_intended(deployment, rows) -> None:
             assert body == [("return", ["302", b.ROOT_REDIRECT_TARGET])]
             seen[(modifier, where)] = "302"
             continue
-        names = [name for name, _a in body]
-        pass_args = dict(body)["proxy_pass"][0]
-        target = b.CPA if pass_args.endswith("_cpa") else b.CPAMP
-        if by_name[target]:
-            variable = render.variable_name(deployment, target)
-            assert body[0] == ("set", [f"${variable}", _upstream_of(deployment, target)])
-            assert pass_args == f"http://${variable}"
-            names = names[1:]
+        (pass_args,) = dict(body)["proxy_pass"]
+        target = {f"http://${render.variable_name(t)}": t for t in b.TARGETS}[pass_args]
+        match = {"=": b.EXACT, "^~": b.PREFIX, "": b.PREFIX}.get(modifier, b.REGEX)
+        if limit and render.login_path(match, where):
+            assert body == [("limit_req", limit), ("proxy_pass", [pass_args])]
         else:
-            assert pass_args == f"http://{render.upstream_name(deployment, target)}"
-        assert names == ["proxy_pass"] + ["proxy_set_header"] * 6 + (
-            # X-Console-Upstream, then X-Console-Config (the apply's confirmation).
-            ["add_header", "add_header"] if deployment.route_tracing else []
-        )
+            # A location carries only what differs from its server: where it proxies to.
+            assert body == [("proxy_pass", [pass_args])]
         seen[(modifier, where)] = target
     assert seen == expected_locations
     assert set(d["directive"] for d in main) <= {
         "listen",
         "server_name",
+        "server_tokens",
         "ssl_certificate",
         "ssl_certificate_key",
+        *(name for name, _value in render.TLS_SETTINGS),
+        "set_real_ip_from",
+        "real_ip_header",
+        "real_ip_recursive",
         "client_max_body_size",
         "proxy_http_version",
         "proxy_read_timeout",
         "proxy_send_timeout",
         "proxy_buffering",
+        "proxy_set_header",
+        "add_header",
+        "limit_req_status",
         "resolver",
+        "set",
         "location",
     }
     if deployment.tls:
         redirect = [(d["directive"], d["args"]) for d in servers[1]["block"]]
         port = "" if deployment.https_port == 443 else f":{deployment.https_port}"
-        assert redirect[1:] == [
+        to_https = ("return", ["301", f"https://$host{port}$request_uri"])
+        assert redirect[1:3] == [
             ("server_name", [deployment.server_name]),
-            ("return", ["301", f"https://$host{port}$request_uri"]),
+            ("server_tokens", ["off"]),
         ]
+        if deployment.acme_webroot:
+            acme, rest = (d for d in servers[1]["block"] if d["directive"] == "location")
+            assert acme["args"] == ["^~", render.ACME_PREFIX]
+            assert [(d["directive"], d["args"]) for d in acme["block"]] == [
+                ("root", [deployment.acme_webroot])
+            ]
+            assert rest["args"] == ["/"]
+            assert [(d["directive"], d["args"]) for d in rest["block"]] == [to_https]
+        else:
+            assert redirect[3:] == [to_https]
         assert redirect[0][0] == "listen"
         assert _listen_target(redirect[0][1][0])[1] == deployment.http_port
-    files = {
-        render.site_filename(deployment): text,
-        render.COMMON_FILENAME: render.render_common([deployment.server_name]),
-    }
+    files = {render.site_filename(deployment): text}
+    files[render.COMMON_FILENAME] = render.render_common(
+        [deployment.server_name], sites=[text], default_server=True
+    )
     check = export.check_files(files)
     assert check.ok, check.output + "\n\n" + text
 

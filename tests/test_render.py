@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from routes.nginx.render import (
     render_common,
     render_site,
     site_filename,
-    upstream_name,
 )
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -29,7 +29,8 @@ TEAM = Team(pk=1, name="Ops", slug="ops")
 HEADERS = [
     ["Host", "$host"],
     ["X-Real-IP", "$remote_addr"],
-    ["X-Forwarded-For", "$proxy_add_x_forwarded_for"],
+    # Not the seed's $proxy_add_x_forwarded_for: a client-sent value never reaches CPA.
+    ["X-Forwarded-For", "$remote_addr"],
     ["X-Forwarded-Proto", "$scheme"],
     ["Upgrade", "$http_upgrade"],
     ["Connection", "$connection_upgrade"],
@@ -58,7 +59,7 @@ SEED_LOCATIONS = [
     ("=", "/antigravity/callback", "cpa_api"),
     ("", "/", "cpa_api"),
 ]
-SEED_UPSTREAMS = {"cpa_api": "cpa", "cpamp": "cpamp"}
+SEED_UPSTREAMS = {"cpa_api": "console_cpa", "cpamp": "console_cpamp"}
 
 
 def make_deployment(**fields) -> Deployment:
@@ -139,12 +140,24 @@ def test_the_default_deployment_has_the_seeds_locations_in_the_seeds_order(tmp_p
     block = server["block"]
     assert directives(block, "listen") == [["80"]]
     assert directives(block, "server_name") == [["your-domain.com"]]
+    assert directives(block, "server_tokens") == [["off"]]
     assert directives(block, "client_max_body_size") == [["64m"]]
     assert directives(block, "proxy_http_version") == [["1.1"]]
     assert directives(block, "proxy_read_timeout") == [["3600s"]]
     assert directives(block, "proxy_send_timeout") == [["3600s"]]
     assert directives(block, "proxy_buffering") == [["off"]]
     assert directives(block, "resolver") == [["127.0.0.11", "valid=10s", "ipv6=off"]]
+    # As in the seed, the header set is written once, for the whole server.
+    assert directives(block, "proxy_set_header") == HEADERS
+    assert directives(block, "add_header") == [
+        ["X-Console-Upstream", "$console_upstream", "always"],
+        ["X-Console-Config", config_hash(text), "always"],
+    ]
+    # The upstreams are set once per server, under names that are the same in every server.
+    assert directives(block, "set") == [
+        ["$console_cpa", "cli-proxy-api:8317"],
+        ["$console_cpamp", "cpa-manager-plus:18317"],
+    ]
     found = []
     for location in (d for d in block if d["directive"] == "location"):
         args = location["args"]
@@ -153,16 +166,11 @@ def test_the_default_deployment_has_the_seeds_locations_in_the_seeds_order(tmp_p
         if directives(inner, "return"):
             found.append((modifier, path, " ".join(directives(inner, "return")[0])))
             continue
-        ((variable, address),) = directives(inner, "set")
-        assert directives(inner, "proxy_pass") == [[f"http://{variable}"]]
-        upstream = {"cli-proxy-api:8317": "cpa_api", "cpa-manager-plus:18317": "cpamp"}[address]
+        # A location carries only what differs from the server: where it proxies to.
+        ((name, (target,)),) = [(d["directive"], d["args"]) for d in inner]
+        assert name == "proxy_pass"
+        upstream = {"http://$console_cpa": "cpa_api", "http://$console_cpamp": "cpamp"}[target]
         found.append((modifier, path, upstream))
-        # Self-contained: the full header set and the trace headers in every proxied location.
-        assert directives(inner, "proxy_set_header") == HEADERS
-        assert directives(inner, "add_header") == [
-            ["X-Console-Upstream", SEED_UPSTREAMS[upstream], "always"],
-            ["X-Console-Config", config_hash(text), "always"],
-        ]
     assert found == SEED_LOCATIONS
 
 
@@ -176,16 +184,22 @@ def test_the_https_variant_listens_with_ssl_and_http2_and_redirects_http(tmp_pat
     assert directives(tls["block"], "ssl_certificate_key") == [
         ["/etc/nginx/ssl/your-domain.com/privkey.pem"]
     ]
+    # Mozilla's intermediate profile, with one session cache name for every server.
+    assert directives(tls["block"], "ssl_protocols") == [["TLSv1.2", "TLSv1.3"]]
+    assert directives(tls["block"], "ssl_session_cache") == [["shared:console_tls:10m"]]
+    assert directives(tls["block"], "ssl_prefer_server_ciphers") == [["off"]]
     assert len(directives(tls["block"], "location")) == len(SEED_LOCATIONS)
     assert directives(plain["block"], "listen") == [["80"]]
+    assert directives(plain["block"], "server_tokens") == [["off"]]
     assert directives(plain["block"], "return") == [["301", "https://$host$request_uri"]]
 
 
-def test_the_host_variant_uses_upstream_blocks_with_host_ports(tmp_path):
+def test_the_host_variant_sets_its_host_ports_without_a_resolver(tmp_path):
     upstreams, servers = parsed_server((GOLDEN / "host-http.conf").read_text(), tmp_path)
-    assert [(u["args"], directives(u["block"], "server")) for u in upstreams] == [
-        (["console_prod_cpa"], [["127.0.0.1:8317"]]),
-        (["console_prod_cpamp"], [["127.0.0.1:18317"]]),
+    assert upstreams == []  # upstream blocks are named per deployment: nginx-wide names
+    assert directives(servers[0]["block"], "set") == [
+        ["$console_cpa", "127.0.0.1:8317"],
+        ["$console_cpamp", "127.0.0.1:18317"],
     ]
     assert directives(servers[0]["block"], "resolver") == []
 
@@ -193,8 +207,8 @@ def test_the_host_variant_uses_upstream_blocks_with_host_ports(tmp_path):
 def test_cpa_panel_mode_sends_every_route_to_cpa_and_keeps_the_panel_redirect():
     text = (GOLDEN / "cpa-panel.conf").read_text()
     assert "cpamp" not in text and "cpa-manager-plus" not in text
-    assert "location = / {\n        return 302 /management.html;" in text
-    assert text.count("add_header X-Console-Upstream cpa always;") == len(SEED_LOCATIONS) - 1
+    assert "location = / { return 302 /management.html; }" in text
+    assert text.count("{ proxy_pass http://$console_cpa; }") == len(SEED_LOCATIONS) - 1
 
 
 # --- The config hash ------------------------------------------------------------------------
@@ -208,7 +222,8 @@ def test_the_config_hash_is_the_sha256_of_the_file_without_its_own_hash_lines():
         line for line in text.splitlines(keepends=True) if "X-Console-Config" not in line
     )
     assert value == hashlib.sha256(rest.encode()).hexdigest() == config_hash(text)
-    assert text.count(f"add_header X-Console-Config {value} always;") == len(SEED_LOCATIONS) - 1
+    # One line for the server: every location inherits it.
+    assert text.count(f"add_header X-Console-Config {value} always;") == 1
 
 
 def test_the_config_hash_follows_every_change_of_the_config_and_nothing_else():
@@ -248,10 +263,8 @@ def test_an_override_with_a_builtins_match_and_path_replaces_it_and_others_are_a
         ],
     )
     assert text.count("location ^~ /v0/resource/plugins/ {") == 1
-    plugins = text.split("location ^~ /v0/resource/plugins/ {")[1].split("}")[0]
-    assert "proxy_pass http://$console_prod_cpa;" in plugins
-    assert "add_header X-Console-Upstream cpa always;" in plugins
-    assert "location ^~ /config {" in text
+    assert "    location ^~ /v0/resource/plugins/ { proxy_pass http://$console_cpa; }\n" in text
+    assert "    location ^~ /config { proxy_pass http://$console_cpamp; }\n" in text
     assert "/logs" not in text  # disabled overrides are ignored
 
 
@@ -262,8 +275,7 @@ def test_overrides_of_slash_replace_the_redirect_and_keep_the_fallback_a_plain_p
     )
     assert "return 302" not in text
     assert "location ^~ / {" not in text
-    fallback = text.split("    location / {")[1]
-    assert "add_header X-Console-Upstream cpamp always;" in fallback
+    assert "    location / { proxy_pass http://$console_cpamp; }\n" in text
 
 
 def test_regex_overrides_follow_their_position_and_double_their_backslashes():
@@ -283,7 +295,8 @@ def test_route_tracing_off_removes_every_trace_header():
     text = render_site(make_deployment(route_tracing=False), [])
     assert "X-Console-Upstream" not in text
     assert "X-Console-Config" not in text
-    assert text.count("proxy_set_header Connection") == len(SEED_LOCATIONS) - 1
+    assert "add_header" not in text
+    assert text.count("proxy_set_header Connection") == 1
 
 
 def test_listen_address_ports_and_ipv6_literals_are_written_the_nginx_way():
@@ -305,18 +318,10 @@ def test_listen_address_ports_and_ipv6_literals_are_written_the_nginx_way():
     assert "    listen [::1]:8443 ssl;\n" in text
     assert "    listen [::1]:8080;\n" in text
     assert "return 301 https://$host:8443$request_uri;" in text
-    assert "upstream console_prod_cpa {\n    server [::1]:8317;\n}" in text
-    assert "upstream console_prod_cpamp" not in text
+    assert "    set $console_cpa   [::1]:8317;\n" in text
+    assert "    set $console_cpamp cpa-manager-plus:18317;\n" in text
+    assert "\nupstream " not in text
     assert "resolver [::1] 127.0.0.11 valid=10s ipv6=off;" in text
-
-
-def test_upstream_names_are_unique_per_deployment_even_for_similar_slugs():
-    names = {
-        upstream_name(make_deployment(slug=slug), target)
-        for slug in ("a-b", "a_b", "a", "a_cpa", "b")
-        for target in ("cpa", "cpamp")
-    }
-    assert len(names) == 10
 
 
 def test_a_long_server_name_gets_a_larger_hash_bucket_in_the_shared_file():
@@ -419,7 +424,7 @@ def test_real_nginx_accepts_each_variant(name, tmp_path):
 def test_the_docker_variant_starts_although_its_host_names_do_not_resolve_here(tmp_path):
     # cli-proxy-api and cpa-manager-plus exist only inside a Docker network.
     site = render_site(make_deployment(), [])
-    assert "proxy_pass http://$console_prod_cpa;" in site
+    assert "proxy_pass http://$console_cpa;" in site
     check = nginx_t(tmp_path, {COMMON_FILENAME: render_common(), "prod.conf": site})
     assert check.ok, check.output
 
@@ -427,10 +432,8 @@ def test_the_docker_variant_starts_although_its_host_names_do_not_resolve_here(t
 @pytest.mark.nginx
 def test_real_nginx_refuses_the_same_site_without_its_resolver(tmp_path):
     # Control for the test above: a plain upstream block with a Docker name fails nginx -t here.
-    site = (
-        render_site(make_deployment(), [])
-        .replace("set $console_prod_cpa cli-proxy-api:8317;\n", "")
-        .replace("http://$console_prod_cpa;", "http://cli-proxy-api:8317;")
+    site = render_site(make_deployment(), []).replace(
+        "http://$console_cpa;", "http://cli-proxy-api:8317;"
     )
     check = nginx_t(tmp_path, {COMMON_FILENAME: render_common(), "prod.conf": site})
     assert not check.ok
@@ -520,6 +523,18 @@ _CERT_PATH = st.text(alphabet="abcXYZ019._@+=-", min_size=1, max_size=12).map(
 )
 
 
+_CIDR = st.one_of(
+    st.tuples(st.ip_addresses(v=4), st.integers(1, 32)),
+    st.tuples(st.ip_addresses(v=6), st.integers(1, 128)),
+).map(lambda t: str(ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)))
+_CLIENT_IP = st.one_of(
+    st.just({"client_ip": "edge", "trusted_proxies": ""}),
+    st.lists(_CIDR, min_size=1, max_size=4).map(
+        lambda cidrs: {"client_ip": "behind_proxy", "trusted_proxies": " ".join(cidrs)}
+    ),
+)
+
+
 @st.composite
 def deployments(draw, count: int = 4):
     slugs = draw(
@@ -559,6 +574,10 @@ def deployments(draw, count: int = 4):
             proxy_read_timeout=draw(st.integers(1, 86400)),
             proxy_send_timeout=draw(st.integers(1, 86400)),
             route_tracing=draw(st.booleans()),
+            limit_req_rate=draw(st.sampled_from(["", "1r/s", "5r/s", "300r/m", "9999r/s"])),
+            limit_req_burst=draw(st.integers(1, 1000)),
+            acme_webroot=draw(st.one_of(st.just(""), _CERT_PATH)),
+            **draw(_CLIENT_IP),
         )
         pairs = draw(st.lists(_OVERRIDE, max_size=8, unique=True))
         overrides = [
@@ -584,6 +603,8 @@ def deployments(draw, count: int = 4):
 @given(batch=deployments())
 def test_real_nginx_accepts_every_valid_generated_deployment(batch):
     files = {site_filename(d): render_site(d, overrides) for d, overrides in batch}
-    files[COMMON_FILENAME] = render_common(d.server_name for d, _o in batch)
+    files[COMMON_FILENAME] = render_common(
+        [d.server_name for d, _o in batch], sites=list(files.values()), default_server=True
+    )
     check = check_files(files)
     assert check.ok, check.output + "\n\n" + "\n".join(files.values())

@@ -24,6 +24,7 @@ from routes.models import (
     VerificationRun,
 )
 from routes.workflows.keys import set_key
+from tests.fakes.demo import controlled_emulators, demo_page
 
 RANK = {"viewer": 1, "operator": 2, "owner": 3}
 ALL = 0  # any staff user, team member or not
@@ -135,6 +136,9 @@ POST_TABLE = {
     "routes_key_delete": OWNER,
     "routes_membership_delete": OWNER,
 }
+# Only while `make demo` runs (settings.CONSOLE_DEMO_CONTROL_URL, tests/fakes/demo.py); absent (a
+# 404) otherwise. url name -> lowest role, in any team, that may GET it and POST to it.
+DEMO_ONLY = {"routes_demo": EDIT}
 # changelist action name -> lowest role in team A that may run it on A's deployment.
 ACTIONS = {
     "run_verification": EDIT,
@@ -393,3 +397,51 @@ def test_owners_may_create_teams_but_viewers_may_not(client, world):
     assert client.get(reverse("admin:routes_team_add")).status_code == 200
     client.force_login(users["viewer"])
     assert refused(client.get(reverse("admin:routes_team_add")))
+
+
+def test_the_demo_pages_exist_only_while_make_demo_runs(client, world):
+    users, _objects = world
+    assert not set(DEMO_ONLY) & admin_url_names()
+    client.force_login(users["owner"])
+    assert client.get("/admin/demo/").status_code == 404
+    with controlled_emulators("alpha-prod") as control, demo_page(control.url):
+        names = admin_url_names()
+        assert set(DEMO_ONLY) <= names
+        known = set(GET_TABLE) | SUPERUSER_ONLY | set(POST_TABLE) | IGNORED | set(DEMO_ONLY)
+        unknown = {n for n in names - known if not n.startswith(IGNORED_PREFIXES)}
+        assert unknown <= {"routes_team_add"}, f"add to the role crawl: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("who", ["viewer", "operator", "owner", "b_owner"])
+def test_demo_pages_are_allowed_or_refused_by_role(client, world, who):
+    users, _objects = world
+    client.force_login(users[who])
+    # The demo acts in no chosen team: team B's owner is an owner somewhere, too.
+    rank = RANK["owner"] if who == "b_owner" else RANK[who]
+    problems = []
+    with controlled_emulators("alpha-prod") as control, demo_page(control.url):
+        for name, needed in DEMO_ONLY.items():
+            url = reverse(f"admin:{name}")
+            expect_allowed = rank >= needed
+            for method, response in (
+                ("GET", client.get(url)),
+                ("POST", client.post(url, {"service": "cpamp", "action": "stop"})),
+            ):
+                if expect_allowed and not allowed(response):
+                    problems.append(
+                        f"{method} {name}: expected allowed, got {response.status_code}"
+                    )
+                if not expect_allowed and not refused(response):
+                    problems.append(
+                        f"{method} {name}: expected refused, got {response.status_code}"
+                    )
+                content = body(response)
+                if who == "b_owner":
+                    for leak in (b"alpha-prod", b"alpha-secret-domain", b"Alpha production"):
+                        if leak in content:
+                            problems.append(f"{method} {name}: team B sees {leak!r}")
+            stopped = control.services["cpamp"].down
+            if stopped != expect_allowed:
+                problems.append(f"{name}: allowed={expect_allowed} but CPAMP stopped={stopped}")
+            control.act("cpamp", "start")
+    assert not problems, "\n".join(problems)

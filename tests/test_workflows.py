@@ -24,6 +24,7 @@ COMMANDS_WITH_TEAM = [
     ("import_nginx", "tests/data/seed_http.conf", "--slug", "lab"),
     ("list_runs",),
     ("prune_audit", "--before", "2020-01-01"),
+    ("prune_exports",),
     ("prune_runs",),
     ("rotate_encryption_key",),
     ("run_scheduler", "--once"),

@@ -24,7 +24,7 @@ from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
@@ -49,7 +49,7 @@ from routes.admin.options import (
 )
 from routes.admin.otp_admin import enrol_link
 from routes.admin.verification import VerificationPages, last_run, recent_runs_html
-from routes.admin.wizard import WizardPages
+from routes.admin.wizard import WizardPages, presets_json
 from routes.forms import (
     DeploymentForm,
     KeyForm,
@@ -65,6 +65,7 @@ from routes.forms import (
 from routes.models import Deployment, Key, KeyRotation, Membership, RouteOverride, Team
 from routes.nginx.drift import with_drift_data
 from routes.permissions import Action, can, teams_where
+from routes.templatetags.console_wrap import domain_breaks
 from routes.verification import destinations, runs
 from routes.workflows.deployments import delete_deployment, save_deployment
 from routes.workflows.keys import delete_key, save_key
@@ -79,7 +80,7 @@ from routes.workflows.teams import create_team, delete_team, save_team
 from routes.workflows.versions import claim_version
 
 if TYPE_CHECKING:
-    from django.contrib.admin.options import _FieldOpts, _FieldsetSpec
+    from django.contrib.admin.options import _FieldOpts, _FieldsetSpec, _ListDisplayT
     from django_stubs_ext import StrOrPromise
 
 # --- Deployments --------------------------------------------------------------------------------
@@ -115,6 +116,8 @@ class KeyInline(KeyDisplayMixin, ScopedInline):
     formset = KeyInlineFormSet
     extra = 1
     verbose_name_plural = _("keys (write-only: secrets are never shown again)")
+    # One card per key, Test and Rotate always in sight (a table row squeezed them).
+    template = "admin/routes/deployment/key_inline.html"
     # On the add page the team is not chosen yet; the formset checks it on save.
     roles = viewed_and_managed(Action.MANAGE_KEYS)
 
@@ -180,18 +183,9 @@ class DeploymentAdmin(
         "verify": Action.VERIFY,
     }
     actions = [delete_selected, "export_definitions", "download_archive", "run_verification"]
-    list_display = (
-        "slug",
-        "name",
-        "team",
-        "server_name",
-        "mode",
-        "https",
-        "key_roles",
-        last_run,
-        "drift",
-        "updated_at",
-    )
+    # What an operator decides by; mode, ports and history are on the deployment's page.
+    list_display = ("title", "team", "domain", "key_roles", last_run, "drift")
+    list_display_links = ("title",)
     list_filter = (("team", VisibleTeamFilter), "mode", "tls")
     search_fields = ("slug", "name", "server_name")
     list_select_related = ("team",)
@@ -286,6 +280,23 @@ class DeploymentAdmin(
             kwargs["queryset"] = teams_where(request.user, Action.CREATE)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def get_list_display(self, request: HttpRequest) -> _ListDisplayT[Any]:
+        shown = super().get_list_display(request)
+        # In one team, its name on every row only takes width from the columns that matter.
+        if request.user.is_superuser or teams_where(request.user, Action.VIEW)[:2].count() > 1:
+            return shown
+        return [column for column in shown if column != "team"]
+
+    @admin.display(description=_("deployment"), ordering="name")
+    def title(self, obj: Deployment) -> SafeString:
+        return format_html(
+            '{}<br><span class="console-mono console-muted">{}</span>', obj.name, obj.slug
+        )
+
+    @admin.display(description=_("Domain"), ordering="server_name")
+    def domain(self, obj: Deployment) -> SafeString:
+        return format_html("{}<br>{}", domain_breaks(obj.server_name), self.https(obj))
+
     @admin.display(description=_("drift"))
     def drift(self, obj: Deployment) -> SafeString:
         return drift_badges(obj)
@@ -298,7 +309,7 @@ class DeploymentAdmin(
         return format_html('<span class="console-muted console-http">{}</span>', _("HTTP only"))
 
     @admin.display(description=_("keys"))
-    def key_roles(self, obj: Deployment) -> str:
+    def key_roles(self, obj: Deployment) -> SafeString | str:
         present = []
         if getattr(obj, "has_admin_key", False):
             present.append(str(_("CPAMP admin")))
@@ -307,7 +318,8 @@ class DeploymentAdmin(
         count = getattr(obj, "api_key_count", 0)
         if count:
             present.append(str(_("CPA API ×%(n)d") % {"n": count}))
-        return ", ".join(present) or "—"
+        # One role a line: "CPA management" wraps as a whole, never mid-name.
+        return format_html_join(mark_safe("<br>"), "{}", ((p,) for p in present)) or "—"
 
     def _key_destination_html(self, obj: Deployment | None, *, confirmable: bool) -> str:
         if obj is None or obj.pk is None:
@@ -396,6 +408,8 @@ class DeploymentAdmin(
                 "version_warnings": obj.version_warnings() if obj is not None else [],
                 "recent_runs_html": recent_runs_html(obj) if obj is not None else "",
                 "conflict": getattr(adminform.form, "conflict", None) if adminform else None,
+                # The add form's topology presets, for console.js (the wizard's data).
+                "presets_json": presets_json() if obj is None else "",
             }
         )
         return super().render_change_form(request, context, add, change, form_url, obj)

@@ -32,6 +32,7 @@ from routes.admin.bulk import may_act_on
 from routes.admin.options import DeploymentPages, ScopedAdmin, visible_deployment
 from routes.models import ConfigExport, Deployment, NginxApply, RouteOverride
 from routes.nginx import boundaries as b
+from routes.nginx import gixy
 from routes.nginx.apply import ApplyRefused
 from routes.nginx.apply_report import progress as apply_progress
 from routes.nginx.export import (
@@ -50,8 +51,6 @@ from routes.nginx.render import (
     Location,
     effective_locations,
     enabled_overrides,
-    render_common,
-    render_site,
     site_filename,
     validate_deployment,
     without_config_hash,
@@ -200,9 +199,10 @@ class NginxPages(DeploymentPages):
         if last is not None and last.text != site:
             when = timezone.localtime(last.created_at).strftime("%Y-%m-%d %H:%M:%S")
             label = gettext("export of %(when)s") % {"when": when}
-            # Every change moves the config hash in each location: the diff leaves it out.
+            # Every change moves the config hash line: the diff leaves it out.
             diff = _diff_lines(without_config_hash(last.text), without_config_hash(site), label)
         context.update(self._apply_context(request, deployment))
+        nginx_test = last_test(deployment=deployment, files=files)
         context.update(
             {
                 "site": site,
@@ -211,7 +211,9 @@ class NginxPages(DeploymentPages):
                 "common_filename": COMMON_FILENAME,
                 "warnings": lint(deployment),
                 "nginx_installed": nginx_binary() is not None,
-                "nginx_test": last_test(deployment=deployment, files=files),
+                "nginx_test": nginx_test,
+                "gixy_installed": gixy.installed(),
+                "gixy": gixy.Report.from_json(nginx_test.gixy) if nginx_test else None,
                 "may_test": can(request.user, Action.VERIFY, deployment.team_id),
                 "test_url": reverse("admin:routes_deployment_config_test", args=[deployment.pk]),
                 "last_export": last,
@@ -276,6 +278,19 @@ class NginxPages(DeploymentPages):
         except InvalidDeployment as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
+            if test is not None:
+                # gixy-next lints the same files, next to nginx -t and only on this POST.
+                report = gixy.lint_files(render_files([deployment]))
+                test.gixy = report.as_json()
+                test.save(update_fields=["gixy"])
+                if report.unexplained or report.error:
+                    self.message_user(
+                        request,
+                        report.error
+                        or gettext("gixy-next: %(n)d finding(s) the console does not explain.")
+                        % {"n": len(report.unexplained)},
+                        messages.WARNING,
+                    )
             if test is None:
                 level = messages.WARNING
                 text = gettext("Nothing was tested: nginx is not installed on the console host.")
@@ -332,10 +347,12 @@ class NginxPages(DeploymentPages):
             # Neither file is handed out for a deployment that fails a validator, whatever way
             # the bad value reached the database.
             validate_deployment(deployment, enabled_overrides(deployment))
+            files = render_files([deployment])
             if request.GET.get("file") == "common":
-                name, text = COMMON_FILENAME, render_common([deployment.server_name])
+                name = COMMON_FILENAME
             else:
-                name, text = site_filename(deployment), render_site(deployment)
+                name = site_filename(deployment)
+            text = files[name]
         except InvalidDeployment as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(config_url)

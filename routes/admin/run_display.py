@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from django.urls import reverse
+from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
 from routes.models import CheckResult, RouteOverride, VerificationRun
@@ -312,6 +313,8 @@ def progress_extras(
                 "status_code": row.result.status_code,
                 "answered_by": row.answered_by,
                 "latency_ms": row.result.latency_ms,
+                # As check_table.html shows it (|truncatechars:300): live and reloaded agree.
+                "excerpt": Truncator(row.result.excerpt).chars(300),
                 "note": row.note,
                 "cause": row.cause,
             }

@@ -26,6 +26,7 @@ from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.safestring import SafeString
 from django.utils.text import format_lazy
 from django.utils.timezone import localtime
@@ -87,6 +88,21 @@ def last_run(obj: Deployment) -> str:
     return format_html("{} <small>{}</small>", status_badge(status, label), when_text)
 
 
+# The page to go back to after saving a job (the verification page it was opened from).
+RETURN_VAR = "next"
+
+
+def job_edit_url(job: VerificationJob, *, back_to: str) -> str:
+    """Return the job's change page, which goes back to back_to once saved."""
+    url = reverse("admin:routes_verificationjob_change", args=[job.pk])
+    return f"{url}?{urlencode({RETURN_VAR: back_to})}"
+
+
+def run_flash_tags(run: VerificationRun) -> str:
+    """Return the extra tags of a "run queued" message: verify.js turns it into the outcome."""
+    return f"console-run-flash console-run-flash-{run.pk}"
+
+
 def recent_runs_html(deployment: Deployment, *, limit: int = 10) -> SafeString:
     """Return the deployment page's strip of recent runs (autoescaped template)."""
     return render_to_string(
@@ -135,7 +151,11 @@ class VerificationPages(DeploymentPages):
         if request.method == "POST":
             deployment = visible_deployment(request, object_id, action=Action.VERIFY)
             queued = tasks.start_run(deployment=deployment, trigger=VerificationRun.Trigger.MANUAL)
-            messages.success(request, _("Verification run #%(id)d queued.") % {"id": queued.pk})
+            messages.success(
+                request,
+                _("Verification run #%(id)d queued.") % {"id": queued.pk},
+                extra_tags=run_flash_tags(queued),
+            )
             url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
             return HttpResponseRedirect(f"{url}?run={queued.pk}")
         return self._verify_page(request, visible_deployment(request, object_id))
@@ -168,7 +188,7 @@ class VerificationPages(DeploymentPages):
             rows=check_rows(run.results.all(), causes) if run else [],
             may_run=can(request.user, Action.VERIFY, deployment.team_id),
             may_edit_job=can(request.user, Action.EDIT, deployment.team_id),
-            job_url=reverse("admin:routes_verificationjob_change", args=[job.pk]) if job else "",
+            job_url=job_edit_url(job, back_to=request.path) if job else "",
             runs=recent_runs(deployment),
         )
         return TemplateResponse(
@@ -196,6 +216,7 @@ class VerificationPages(DeploymentPages):
             request,
             _("TLS verification is off for %(name)s; verification run #%(id)d queued.")
             % {"name": deployment, "id": queued.pk},
+            extra_tags=run_flash_tags(queued),
         )
         url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
         return HttpResponseRedirect(f"{url}?run={queued.pk}")
@@ -241,6 +262,7 @@ class VerificationPages(DeploymentPages):
             request,
             _("Queued %(n)d verification run(s).") % {"n": len(runs)},
             messages.SUCCESS,
+            extra_tags=run_flash_tags(runs[0]) if len(runs) == 1 else "",
         )
         if len(runs) == 1:
             url = reverse("admin:routes_deployment_verify", args=[runs[0].job.deployment_id])
@@ -520,6 +542,46 @@ class VerificationJobAdmin(ScopedAdmin):
         return VerificationJob.objects.filter(
             deployment__in=Deployment.objects.visible_to(request.user)
         ).select_related("deployment")
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: VerificationJob | None = None,
+    ) -> HttpResponse:
+        # A deployment has one job: there is never another to add next.
+        context["show_save_and_add_another"] = False
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _return_url(self, request: HttpRequest) -> str | None:
+        """Return the page the job was opened from (?next=), if it is on this site."""
+        target = request.GET.get(RETURN_VAR, "")
+        safe = url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
+        return target if target and safe else None
+
+    def _back(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        target = self._return_url(request)
+        if target is None or not isinstance(response, HttpResponseRedirect):
+            return response
+        if "_continue" in request.POST:
+            # Staying on the job's page keeps the way back for the next save.
+            location = response["Location"]
+            joiner = "&" if "?" in location else "?"
+            return HttpResponseRedirect(f"{location}{joiner}{urlencode({RETURN_VAR: target})}")
+        return HttpResponseRedirect(target)
+
+    def response_add(
+        self, request: HttpRequest, obj: VerificationJob, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        return self._back(request, super().response_add(request, obj, post_url_continue))
+
+    def response_change(self, request: HttpRequest, obj: VerificationJob) -> HttpResponse:
+        return self._back(request, super().response_change(request, obj))
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: VerificationJob | None = None

@@ -1,8 +1,9 @@
 """The guided "New deployment" flow: deployment, keys, then the config and first-setup values.
 
 Step 1 creates the deployment (validated with ``full_clean`` through ``save_deployment``), step 2
-stores the keys at once through ``set_key`` (encrypted), step 3 shows what to paste where. Between
-steps the session holds only the deployment id and the step reached, never a secret.
+stores at once, through ``set_key`` (encrypted), each key its rules accept, step 3 shows what to
+paste where. Between steps the session holds only the deployment id and the step reached, never
+a secret.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
+from django.utils.text import slugify
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
@@ -90,6 +91,11 @@ class DeploymentStepForm(forms.ModelForm):
         team = cast(forms.ModelChoiceField, self.fields["team"])
         team.queryset = teams_where(user, Action.CREATE).order_by("name")
         team.empty_label = None
+        # The slug follows the name as on the plain form (console.js); left blank, the server
+        # derives it the same way.
+        slug = self.fields["slug"]
+        slug.required = False
+        slug.widget.attrs["data-slug-from"] = "#id_name"
         self.fields["server_name"].label = _("Domain")
         self.fields["tls"].widget.attrs["data-toggles"] = "#wizard-certificates"
         for name in ("ssl_certificate", "ssl_certificate_key"):
@@ -104,6 +110,22 @@ class DeploymentStepForm(forms.ModelForm):
             "Entered in CPAMP's first setup. Use the internal address, never the public domain "
             "(that makes a loop CPAMP -> Nginx -> CPAMP/CPA)."
         )
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data.get("slug") or ""
+        if slug:
+            return slug
+        limit = Deployment._meta.get_field("slug").max_length
+        slug = slugify(self.cleaned_data.get("name") or "")[:limit].strip("-_")
+        if not slug:
+            raise ValidationError(
+                _(
+                    "Slug: give one of letters, digits, hyphens or underscores; it cannot be "
+                    "derived from this name."
+                ),
+                code="required",
+            )
+        return slug
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -189,7 +211,9 @@ class KeysStepForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # What the key rules accept but the operator should hear about (a short key).
+        # What the key rules accept but the operator should hear about (a short key), by role;
+        # warnings lists those of the keys stored.
+        self.role_warnings: dict[str, list[str]] = {}
         self.warnings: list[str] = []
 
     def clean(self) -> dict[str, Any]:
@@ -207,16 +231,13 @@ class KeysStepForm(forms.Form):
             ]
             for refused in filter(None, refusals):
                 self.add_error(role, ValidationError(refused.message, code=refused.code))
-            self.warnings += [w.message for w in keyring.shape_warnings(role, secret)]
+            self.role_warnings[role] = [w.message for w in keyring.shape_warnings(role, secret)]
         return data
 
     def secrets(self) -> list[tuple[str, str]]:
-        """Return (role, secret) for each key entered, in the seed's order."""
-        return [(role, self.cleaned_data[role]) for role in self.ROLES if self.cleaned_data[role]]
-
-
-class _Refused(Exception):
-    """Raised inside the key transaction to undo every key when one of them is refused."""
+        """Return (role, secret) for each key entered and not refused, in the seed's order."""
+        # A refused key's field error took it out of cleaned_data.
+        return [(role, secret) for role in self.ROLES if (secret := self.cleaned_data.get(role))]
 
 
 @dataclass(frozen=True)
@@ -226,6 +247,11 @@ class Step:
     number: int
     label: StrOrPromise
     state: str  # "done", "current" or "todo"
+
+
+def presets_json() -> str:
+    """Return the topology presets as console.js reads them: {"docker": {field: value}, ...}."""
+    return json.dumps({name: dict(values) for name, values in PRESETS.items()})
 
 
 def _steps(current: int) -> list[Step]:
@@ -261,9 +287,16 @@ def _step_url(deployment: Deployment, step: int) -> str:
     return reverse(STEP_URLS.get(step, STEP_URLS[2]), args=[deployment.pk])
 
 
-def _store_keys(deployment: Deployment, form: KeysStepForm) -> None:
-    refused = False
+def _store_keys(deployment: Deployment, form: KeysStepForm) -> list[str]:
+    """Store each entered key that its rules accept; return the roles stored.
+
+    A refused key gets its reason on the form and the others are stored all the same: throwing
+    away two good keys for one bad one only makes the user type them again.
+    """
+    stored = []
     for role, secret in form.secrets():
+        if role == keyring.CPA_API and "api_label" in form.errors:
+            continue  # its label is refused, so it is not stored either
         try:
             set_key(
                 deployment=deployment,
@@ -274,10 +307,10 @@ def _store_keys(deployment: Deployment, form: KeysStepForm) -> None:
                 reason="wizard",
             )
         except ValidationError as exc:
-            refused = True
             form.add_error(role, list(exc.messages))
-    if refused:
-        raise _Refused
+        else:
+            stored.append(role)
+    return stored
 
 
 class WizardPages(DeploymentPages):
@@ -354,7 +387,7 @@ class WizardPages(DeploymentPages):
             title=_("New deployment"),
             step=1,
             form=form,
-            presets_json=json.dumps({name: dict(values) for name, values in PRESETS.items()}),
+            presets_json=presets_json(),
             resume_deployment=resume[0] if resume else None,
             resume_url=_step_url(*resume) if resume else "",
             modes=Deployment.Mode,
@@ -370,29 +403,31 @@ class WizardPages(DeploymentPages):
             if not may_manage:
                 raise refusal(request.user, Action.MANAGE_KEYS, deployment.team)
             form = KeysStepForm(request.POST)
-            if form.is_valid():
-                try:
-                    with transaction.atomic():
-                        _store_keys(deployment, form)
-                except _Refused:
-                    pass
-                else:
-                    _remember(request, deployment, 3)
-                    warn_about_keys(request, [form])
-                    count = len(form.secrets())
-                    if count:
-                        messages.success(
-                            request,
-                            ngettext(
-                                "%(count)d key stored encrypted.",
-                                "%(count)d keys stored encrypted.",
-                                count,
-                            )
-                            % {"count": count},
-                        )
-                    return HttpResponseRedirect(_step_url(deployment, 3))
+            form.is_valid()
+            stored_now = _store_keys(deployment, form)
+            form.warnings = [w for role in stored_now for w in form.role_warnings.get(role, [])]
+            warn_about_keys(request, [form])
+            if stored_now:
+                messages.success(
+                    request,
+                    ngettext(
+                        "%(count)d key stored encrypted: %(roles)s.",
+                        "%(count)d keys stored encrypted: %(roles)s.",
+                        len(stored_now),
+                    )
+                    % {
+                        "count": len(stored_now),
+                        "roles": ", ".join(str(keyring.ROLE_LABELS[r]) for r in stored_now),
+                    },
+                )
+            if not form.errors:
+                _remember(request, deployment, 3)
+                return HttpResponseRedirect(_step_url(deployment, 3))
+            entered = [role for role in KeysStepForm.ROLES if request.POST.get(role, "").strip()]
+            refused = [role for role in entered if role not in stored_now]
         else:
             form = KeysStepForm()
+            stored_now, refused = [], []
         stored: dict[str, list[Key]] = {role: [] for role in KeysStepForm.ROLES}
         for key in deployment.keys.order_by("role", "id"):
             stored.setdefault(key.role, []).append(key)
@@ -421,6 +456,9 @@ class WizardPages(DeploymentPages):
             finish_url=_step_url(deployment, 3),
             change_url=reverse("admin:routes_deployment_change", args=[deployment.pk]),
             short_key=keyring.SHORT_KEY,
+            # Never the secrets: only which roles this POST stored and which it refused.
+            stored_labels=[keyring.ROLE_LABELS[role] for role in stored_now],
+            refused_labels=[keyring.ROLE_LABELS[role] for role in refused],
         )
         return TemplateResponse(request, "admin/routes/wizard/keys.html", context)
 
@@ -442,9 +480,9 @@ class WizardPages(DeploymentPages):
             title=_("Config and first setup of %(name)s") % {"name": deployment.name},
             step=3,
             deployment=deployment,
-            site_config=render_site(deployment),
+            site_config=(site := render_site(deployment)),
             site_filename=site_filename(deployment),
-            common_config=render_common([deployment.server_name]),
+            common_config=render_common([deployment.server_name], sites=[site]),
             common_filename=COMMON_FILENAME,
             cpa_snippet=CPA_SNIPPET,
             admin_key=keys.get(keyring.CPAMP_ADMIN),

@@ -1,4 +1,5 @@
-"""Edge hardening (issue 14): the client address mode, trusted proxies, login rate limit, ACME.
+"""Edge hardening (issue 14): the client address mode, trusted proxies, login rate limit, ACME;
+and the gixy-next findings kept with each nginx test.
 
 Existing deployments get the safe defaults: edge (X-Forwarded-For set to the connecting
 address), no rate limit, no ACME webroot.
@@ -15,6 +16,17 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="nginxtest",
+            name="gixy",
+            field=models.JSONField(
+                blank=True,
+                editable=False,
+                help_text='What gixy-next reported, e.g. {"findings": [], "error": ""}.',
+                null=True,
+                verbose_name="gixy-next findings",
+            ),
+        ),
         migrations.AddField(
             model_name="deployment",
             name="acme_webroot",

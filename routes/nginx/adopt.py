@@ -35,6 +35,7 @@ from routes.models import (
     RouteOverride,
 )
 from routes.nginx import boundaries as b
+from routes.nginx import render
 from routes.nginx.regexes import RegexTimeout
 from routes.nginx.render import HEADER_SET, Location, effective_locations
 from routes.nginx.simulate import Router, Simulation
@@ -56,6 +57,8 @@ DESCRIBED_FIELDS = (
     # The CPA URL is CPAMP's own setting and tracing the console's: no site file holds them.
     *(name for name in _GROUPS["upstreams"] if name != "cpamp_cpa_url"),
     *(name for name in _GROUPS["proxy"] if name != "route_tracing"),
+    # realip, the login rate limit and the ACME webroot are all lines of the site file.
+    *_GROUPS["edge"],
 )
 # nginx's own values where a file sets none: importing must not change what the site does.
 NGINX_DEFAULTS = {"client_max_body_size": "1m", "proxy_read_timeout": 60, "proxy_send_timeout": 60}
@@ -115,6 +118,19 @@ UNMAPPED = {
         "%(path)s: this file sends it to %(was)s, the deployment would send it to %(now)s"
     ),
     "regex_timeout": _("%(reason)s"),
+    "tls_setting": _(
+        "%(name)s: the console writes Mozilla's intermediate TLS settings and cannot keep "
+        "other values"
+    ),
+    "realip": _(
+        "%(name)s: the console trusts X-Forwarded-For from the listed proxies only as "
+        "set_real_ip_from …; real_ip_header X-Forwarded-For; real_ip_recursive on"
+    ),
+    "limit_req": _(
+        "%(location)s: the console limits /v0/management/ and the panel's login paths with "
+        "limit_req zone=console_<rate> burst=<n> nodelay, one rate for all"
+    ),
+    "limit_status": _("limit_req_status: the console answers 429"),
     "more": _("… and %(n)d more lines that cannot be mapped"),
 }
 
@@ -140,7 +156,14 @@ _REGEX_META = frozenset(".^$*+?()[]{}|\\")
 _ESCAPE = re.compile(r"\\([\"'\\tnr])")
 _ESCAPED = {"t": "\t", "n": "\n", "r": "\r"}
 # Directives the console writes into every server with these arguments.
-_CONSOLE_WRITES = {"proxy_http_version": ["1.1"], "proxy_buffering": ["off"]}
+_CONSOLE_WRITES = {
+    "proxy_http_version": ["1.1"],
+    "proxy_buffering": ["off"],
+    "server_tokens": ["off"],
+}
+_TLS_SETTINGS = dict(render.TLS_SETTINGS)
+_REALIP = ("set_real_ip_from", "real_ip_header", "real_ip_recursive")
+_LIMIT = re.compile(r"zone=(console_\w+) burst=(\d{1,4}) nodelay")
 _TIMEOUTS = ("proxy_read_timeout", "proxy_send_timeout")
 # Arguments shown in findings: only where they are structure, never a value.
 _SHOWN_ARGS = frozenset({"listen", "server_name", "location", "upstream", "include"})
@@ -286,6 +309,39 @@ def _literal_prefix(pattern: str) -> str:
     return "".join(out)
 
 
+def _redirect_shape(server: Stmt) -> tuple[dict[str, Stmt], Stmt, Stmt | None] | None:
+    """Return (its statements by name, the return, the ACME location) of a redirect server.
+
+    None when the server does more than the console's HTTP -> HTTPS redirect: listen,
+    server_name, server_tokens and return 301; or the return in ``location /`` next to
+    ``location ^~ /.well-known/acme-challenge/ { root …; }``.
+    """
+    block: dict[str, Stmt] = {}
+    locations: list[Stmt] = []
+    for stmt in server["block"]:
+        name = stmt["directive"]
+        if name == "location":
+            locations.append(stmt)
+        elif name in block or name not in ("listen", "server_name", "server_tokens", "return"):
+            return None
+        else:
+            block[name] = stmt
+    if "listen" not in block or "server_name" not in block:
+        return None
+    if not locations:
+        return (block, block["return"], None) if "return" in block else None
+    if "return" in block or len(locations) != 2:
+        return None
+    by_args = {tuple(loc["args"]): loc for loc in locations}
+    acme, rest = by_args.get(("^~", render.ACME_PREFIX)), by_args.get(("/",))
+    if acme is None or rest is None:
+        return None
+    acme_body = [(s["directive"], len(s["args"])) for s in acme.get("block", [])]
+    if acme_body != [("root", 1)] or [s["directive"] for s in rest.get("block", [])] != ["return"]:
+        return None
+    return block, rest["block"][0], acme
+
+
 class _Reader:
     """Walks the parsed file once, filling a Proposal."""
 
@@ -299,6 +355,10 @@ class _Reader:
         self.server_headers: set[str] = set()
         self.seen: set[tuple[tuple[str, str], bool]] = set()
         self.server_sets: dict[str, int] = {}
+        self.realip: dict[str, list[Stmt]] = {}
+        # (line, location, rate, burst) of each location's console limit_req.
+        self.limits: list[tuple[int, _Loc, str, int]] = []
+        self.appends_forwarded = False
 
     def recognised(self, line: int, text: str) -> None:
         """Note something of the file that maps onto the deployment."""
@@ -351,6 +411,10 @@ class _Reader:
                     gettext("%(map)s: the console's own, written on export")
                     % {"map": _shown(f"map {args[0]} {args[1]}")},
                 )
+            elif name == "limit_req_zone" and any(a.startswith("zone=console_") for a in args):
+                self.recognised(
+                    line, gettext("limit_req_zone: the console's own, written on export")
+                )
             elif name == "map" and args == ["$http_upgrade", "$connection_upgrade"]:
                 entries = [[s["directive"], *s["args"]] for s in stmt.get("block", [])]
                 if entries == [["default", "upgrade"], ["", "close"]]:
@@ -381,8 +445,7 @@ class _Reader:
         """Return the proxying server and the servers that only redirect."""
         main, redirects = None, []
         for server in self.servers:
-            directives = {s["directive"] for s in server["block"]}
-            if "return" in directives and directives <= {"listen", "server_name", "return"}:
+            if _redirect_shape(server) is not None:
                 redirects.append(server)
             elif main is None:
                 main = server
@@ -416,6 +479,18 @@ class _Reader:
                 self.timeout(inner)
             elif name in _CONSOLE_WRITES and args == _CONSOLE_WRITES[name]:
                 self.recognised(line, f"{name} {args[0]}")
+            elif name in _TLS_SETTINGS:
+                if " ".join(args) != _TLS_SETTINGS[name]:
+                    self.unmapped(line, "tls_setting", name=name)
+                    continue
+                self.recognised(line, gettext("%(name)s: Mozilla's intermediate") % {"name": name})
+            elif name in _REALIP and args:
+                self.realip.setdefault(name, []).append(inner)
+            elif name == "limit_req_status" and args:
+                if args != [str(render.LIMIT_STATUS)]:
+                    self.unmapped(line, "limit_status")
+                    continue
+                self.recognised(line, f"limit_req_status {render.LIMIT_STATUS}")
             elif name == "proxy_set_header" and len(args) == 2:
                 self.header(inner, self.server_headers)
             elif name == "resolver" and args:
@@ -469,31 +544,100 @@ class _Reader:
                 )
 
     def redirect(self, stmt: Stmt) -> None:
-        """Read a server that only redirects: the seed's HTTP -> HTTPS one gives the HTTP port."""
+        """Read a server that only redirects: the seed's HTTP -> HTTPS one gives the HTTP port.
+
+        It may also serve certbot's challenge files (the console's ACME webroot); the redirect
+        is then the answer of its ``location /``.
+        """
         fields = self.proposal.fields
-        block = {s["directive"]: s for s in stmt["block"]}
-        found, port = None, None
-        if len(block) == len(stmt["block"]) == 3 and fields.get("tls"):
+        shape = _redirect_shape(stmt)
+        found, port, listen_line = None, None, stmt["line"]
+        if shape is not None and fields.get("tls"):
+            block, answer, acme = shape
+            listen_line = block["listen"]["line"]
             listen = _listen(block["listen"]["args"][0])
             if listen is not None and len(block["listen"]["args"]) == 1:
                 if listen[0] == fields.get("listen_address"):
                     port = listen[1]
-            target = block["return"]["args"]
+            target = answer["args"]
             if len(target) == 2 and target[0] == "301":
                 found = _REDIRECT.fullmatch(target[1])
             names = [_normal(n) for n in block["server_name"]["args"]]
             if found is not None and names != [fields.get("server_name")]:
                 found = None
+            if block.get("server_tokens", {}).get("args") == ["off"]:
+                self.recognised(block["server_tokens"]["line"], "server_tokens off")
+            if acme is not None:
+                root = acme["block"][0]
+                self.set_field("acme_webroot", root["args"][0], root["line"])
+                self.recognised(
+                    acme["line"],
+                    gettext("%(location)s: the ACME webroot %(root)s")
+                    % {"location": render.ACME_PREFIX, "root": _shown(root["args"][0])},
+                )
         if found is not None and not found[1].startswith("$"):
             found = found if _normal(found[1]) == fields.get("server_name") else None
         if found is None or port is None or int(found[2] or 443) != fields.get("https_port"):
             self.unmapped(stmt["line"], "redirect")
             return
-        self.set_field("http_port", port, block["listen"]["line"])
+        self.set_field("http_port", port, listen_line)
         self.recognised(
             stmt["line"],
             gettext("server {} on port %(port)d: the HTTP -> HTTPS redirect") % {"port": port},
         )
+
+    def client_address(self) -> None:
+        """Read the realip lines: trusted proxies make the deployment behind_proxy."""
+        if not self.realip:
+            return
+        statements = [s for lines in self.realip.values() for s in lines]
+        froms = self.realip.get("set_real_ip_from", [])
+        header = [s["args"] for s in self.realip.get("real_ip_header", [])]
+        recursive = [s["args"] for s in self.realip.get("real_ip_recursive", [])]
+        if not (froms and header == [["X-Forwarded-For"]] and recursive == [["on"]]):
+            for stmt in statements:
+                self.unmapped(stmt["line"], "realip", name=stmt["directive"])
+            return
+        cidrs = [" ".join(s["args"]) for s in froms]
+        self.set_field("client_ip", "behind_proxy", froms[0]["line"])
+        self.set_field("trusted_proxies", " ".join(cidrs), froms[0]["line"])
+        for stmt in statements:
+            self.recognised(
+                stmt["line"],
+                gettext("%(name)s: client address behind_proxy") % {"name": stmt["directive"]},
+            )
+
+    def limit(self, stmt: Stmt, loc: _Loc) -> None:
+        """Read a location's limit_req: the console's own form gives the login rate limit."""
+        found = _LIMIT.fullmatch(" ".join(stmt["args"]))
+        rate = render.zone_rate(found[1]) if found else ""
+        if found is None or not rate or not render.login_path(loc.match, loc.path):
+            self.unmapped(stmt["line"], "limit_req", location=loc.label)
+            return
+        self.limits.append((stmt["line"], loc, rate, int(found[2])))
+
+    def login_limits(self) -> None:
+        """Set the login rate limit from the locations' limit_req lines (one rate for all)."""
+        if not self.limits:
+            return
+        first_line, _loc, rate, burst = self.limits[0]
+        for line, loc, other_rate, other_burst in self.limits:
+            if (other_rate, other_burst) != (rate, burst):
+                self.unmapped(line, "limit_req", location=loc.label)
+            else:
+                self.recognised(line, f"limit_req {rate} burst={burst}")
+        self.set_field("limit_req_rate", rate, first_line)
+        self.set_field("limit_req_burst", burst, first_line)
+        limited = {loc.key for _line, loc, _rate, _burst in self.limits}
+        if any(
+            render.login_path(loc.match, loc.path) and loc.key not in limited
+            for loc in self.locations
+            if loc.target
+        ):
+            self.added(
+                gettext("limit_req %(rate)s on every login path: the console limits them alike")
+                % {"rate": rate}
+            )
 
     def timeout(self, stmt: Stmt, *, in_location: bool = False) -> None:
         """Read a proxy timeout: the server's, or a location's that must equal it."""
@@ -510,6 +654,8 @@ class _Reader:
     def header(self, stmt: Stmt, into: set[str]) -> None:
         """Add a proxy_set_header to into if it is one of the seed's, else report it."""
         name, value = stmt["args"]
+        if name.lower() == "x-forwarded-for" and value == "$proxy_add_x_forwarded_for":
+            self.appends_forwarded = True
         if f"{name.lower()} {value}" in _KNOWN_HEADERS:
             into.add(name.lower())
             if into is self.server_headers:
@@ -564,6 +710,8 @@ class _Reader:
                 self.header(inner, loc.headers)
             elif name in _TIMEOUTS and len(inner_args) == 1:
                 self.timeout(inner, in_location=True)
+            elif name == "limit_req":
+                self.limit(inner, loc)
             elif (
                 name == "return"
                 and loc.key == (b.EXACT, "/")
@@ -866,6 +1014,7 @@ def propose(text: str, *, source: str = "site.conf") -> Proposal:
         reader.unmapped(0, "no_server")
         return _sorted(reader.proposal)
     reader.server(main)
+    reader.client_address()
     fields = reader.proposal.fields
     for server in redirects:
         reader.redirect(server)
@@ -897,6 +1046,14 @@ def propose(text: str, *, source: str = "site.conf") -> Proposal:
             % {"names": ", ".join(n for n, _value in SEED_HEADERS if n in missing)}
         )
     _upstream_fields(reader, _assign(reader))
+    reader.login_limits()
+    if reader.appends_forwarded and fields.get("client_ip", "edge") == "edge":
+        reader.added(
+            gettext(
+                "proxy_set_header X-Forwarded-For $remote_addr: CPA sees the address nginx sees, "
+                "never one a client wrote (client address edge)"
+            )
+        )
     _routes(reader)
     if reader.proposal.mapped:
         _check_routing(reader)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -108,11 +108,28 @@ def render_sites(deployments: Iterable[Deployment]) -> dict[str, str]:
     return {site_filename(d): render_site(d) for d in deployments}
 
 
-def render_files(deployments: Iterable[Deployment]) -> dict[str, str]:
-    """Return {file name: text}: the shared file and one site file per deployment, sorted."""
+def default_server_wanted(default_server: bool | None) -> bool:
+    """Return whether the shared file gets the catch-all server (None: the setting decides)."""
+    if default_server is None:
+        return bool(settings.CONSOLE_NGINX_DEFAULT_SERVER)
+    return default_server
+
+
+def render_files(
+    deployments: Iterable[Deployment], *, default_server: bool | None = None
+) -> dict[str, str]:
+    """Return {file name: text}: the shared file and one site file per deployment, sorted.
+
+    ``default_server``: add the catch-all server to the shared file (None: the
+    CONSOLE_NGINX_DEFAULT_SERVER setting decides).
+    """
     deployments = prepared(deployments)
     files = render_sites(deployments)
-    files[COMMON_FILENAME] = render_common(d.server_name for d in deployments)
+    files[COMMON_FILENAME] = render_common(
+        [d.server_name for d in deployments],
+        sites=list(files.values()),
+        default_server=default_server_wanted(default_server),
+    )
     return dict(sorted(files.items()))
 
 
@@ -582,20 +599,47 @@ def export_warnings(deployments: list[Deployment]) -> list[tuple[str, linter.Lin
     return found + cross_warnings(deployments)
 
 
+def last_export_hashes(deployments: Iterable[Deployment]) -> dict[int, str]:
+    """Return {deployment id: content hash of its latest ConfigExport} in one query."""
+    ids = [d.pk for d in deployments]
+    if not ids:
+        return {}
+    latest = (
+        ConfigExport.objects.filter(deployment=OuterRef("pk"))
+        .order_by("-created_at", "-id")
+        .values("content_hash")[:1]
+    )
+    found = (
+        Deployment.objects.filter(pk__in=ids)
+        .annotate(last_hash=Subquery(latest))
+        .values_list("pk", "last_hash")
+    )
+    return {pk: last_hash for pk, last_hash in found if last_hash}
+
+
 def record_exports(*, texts: list[tuple[Deployment, str]], source: str) -> list[ConfigExport]:
-    """Store one ConfigExport per deployment and one "config.export" audit event per team."""
+    """Store a ConfigExport for each site file that changed, and one audit event per team.
+
+    A site file equal to its deployment's latest recorded export records nothing: an export
+    that changes nothing adds no history, however often it runs.
+    """
+    last = last_export_hashes(d for d, _text in texts)
+    hashed = [(d, text, sha256(text)) for d, text in texts]
+    changed = [(d, text, digest) for d, text, digest in hashed if last.get(d.pk) != digest]
+    if not changed:
+        return []
     actor = current_actor()
     rows = ConfigExport.objects.bulk_create(
         [
             ConfigExport(
-                deployment=d, content_hash=sha256(text), text=text, source=source, created_by=actor
+                deployment=d, content_hash=digest, text=text, source=source, created_by=actor
             )
-            for d, text in texts
+            for d, text, digest in changed
         ]
     )
     by_team: dict[int, list[tuple[Deployment, str]]] = defaultdict(list)
-    for d, text in texts:
-        by_team[d.team_id].append((d, sha256(text)))
+    for d, _text, digest in changed:
+        by_team[d.team_id].append((d, digest))
     for team_id, items in sorted(by_team.items()):
         changes: dict = {"source": source, "exports": {d.slug: h for d, h in items}}
         if len(items) == 1:
@@ -621,6 +665,7 @@ def write_export(
     prune_team: str | None = None,
     lock: bool = True,
     record: bool = True,
+    default_server: bool | None = None,
 ) -> ExportResult:
     """Write the deployments' configs into output_dir atomically and record the export.
 
@@ -629,6 +674,8 @@ def write_export(
     ``prune``, owned files of deployments not in this export (of ``prune_team`` when given) are
     removed. Files the console does not own are never replaced or removed. ``lock=False``: the
     caller holds export_lock already (an apply); ``record=False``: the caller records the export.
+    ``default_server`` adds the catch-all server to the shared file (None: the
+    CONSOLE_NGINX_DEFAULT_SERVER setting decides); only for a directory that owns its ports.
     """
     deployments = prepared(deployments)
     sites = render_sites(deployments)
@@ -671,7 +718,13 @@ def write_export(
         kept = {name: read_regular_text(directory / name) for name in staying}
         for text in kept.values():
             server_names += _SERVER_NAME_LINE.findall(text or "")
-        files[COMMON_FILENAME] = render_common(server_names)
+        # The shared file serves every site file in the directory: the rate-limit zones and
+        # ports of the files this export keeps count as much as those it writes.
+        files[COMMON_FILENAME] = render_common(
+            server_names,
+            sites=[*sites.values(), *(text for text in kept.values() if text)],
+            default_server=default_server_wanted(default_server),
+        )
         entries[COMMON_FILENAME] = {"kind": "common"}
         files = dict(sorted(files.items()))
         result.files = files

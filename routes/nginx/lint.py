@@ -28,6 +28,9 @@ from routes.nginx.simulate import Router, Simulation
 _REGEX_META = re.compile(r"[.^$*+?()\[\]{}|\\]")
 _TARGET_LABEL = {b.CPA: "CPA", b.CPAMP: "CPAMP"}
 _BUCKET_SAFE_LENGTH = 46  # longest server name that fits nginx's default 64-byte hash bucket
+# CPAMP's collector polls every 500 ms (USAGE_POLL_INTERVAL_MS, reference 2.1 and 3.3): a login
+# rate below that would refuse a poll routed through nginx.
+POLLS_PER_SECOND = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def lint(
     warnings += _panel_mode(deployment, overrides)
     warnings += _upstreams(deployment)
     warnings += _server_name(deployment)
+    warnings += _edge(deployment)
     warnings += _slow_regexes(router)
     return warnings
 
@@ -370,3 +374,39 @@ def _server_name(deployment: Deployment) -> list[LintWarning]:
             "server_name",
         )
     ]
+
+
+def _edge(deployment: Deployment) -> list[LintWarning]:
+    """Return advice on the edge hardening fields: a rate below the polling, an unused webroot."""
+    found = []
+    rate = deployment.limit_req_rate or ""
+    try:
+        per_second = v.rate_per_second(rate) if rate else None
+    except ValueError:
+        per_second = None  # validation reports it
+    if per_second is not None and per_second < POLLS_PER_SECOND:
+        found.append(
+            LintWarning(
+                "rate_below_polling",
+                _(
+                    "The login rate limit %(rate)s is below the panel's polling (CPAMP polls every "
+                    "500 ms: 2r/s), so its own requests get 429 once the burst of %(burst)d is "
+                    "spent. Give 2r/s or more."
+                )
+                % {"rate": rate, "burst": deployment.limit_req_burst},
+                "limit_req_rate",
+            )
+        )
+    if deployment.acme_webroot and not deployment.tls:
+        found.append(
+            LintWarning(
+                "acme_without_tls",
+                _(
+                    "The ACME webroot %(root)s is only served by an HTTPS deployment's port-80 "
+                    "server; this deployment serves HTTP only, so it is not written."
+                )
+                % {"root": deployment.acme_webroot},
+                "acme_webroot",
+            )
+        )
+    return found

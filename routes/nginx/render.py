@@ -35,7 +35,6 @@ SITE_SUFFIX = ".conf"
 TRACE_HEADER = "X-Console-Upstream"
 # Which rendered config answers: the site file's config_hash, added next to the trace header.
 CONFIG_HEADER = "X-Console-Config"
-UPSTREAM_PREFIX = "console_"
 OVERRIDES_SECTION = "# ===== Overrides ====="
 FALLBACK_SECTION = "# ===== Fallback ====="
 PANEL_SECTION = (
@@ -72,6 +71,16 @@ TLS_CIPHERS = (
 )
 # One session cache for every console server: a shared zone is nginx-wide, named once.
 TLS_SESSION_CACHE = "shared:console_tls:10m"
+TLS_SETTINGS = (
+    ("ssl_protocols", TLS_PROTOCOLS),
+    ("ssl_ciphers", TLS_CIPHERS),
+    ("ssl_prefer_server_ciphers", "off"),
+    ("ssl_session_cache", TLS_SESSION_CACHE),
+    ("ssl_session_timeout", "1d"),
+    ("ssl_session_tickets", "off"),
+)
+# What nginx answers a client over the login rate limit (its default, 503, reads as an outage).
+LIMIT_STATUS = 429
 ACME_PREFIX = "/.well-known/acme-challenge/"
 # Where the panels check a key (CPAMP's Admin Key, CPA's Management Key): the login rate limit
 # applies to exact and prefix locations under these.
@@ -80,6 +89,7 @@ LOGIN_PATHS = ("/v0/management", "/usage-service", "/setup", "/status")
 _ZONE_SIZE = "10m"
 _ZONE_PREFIX = "console_"
 _ZONE_USE = re.compile(r"^\s*limit_req zone=console_(\d+)r_([sm]) ", re.M)
+_ZONE_NAME = re.compile(r"console_([1-9][0-9]{0,3})r_([sm])")
 _LISTEN_USE = re.compile(r"^\s*listen\s+(\S+?)((?:\s+\w+)*);$", re.M)
 # The config hash cannot cover the lines that carry it: they are left out of what is hashed.
 _CONFIG_LINE = re.compile(rf"^[ \t]*add_header[ \t]+{CONFIG_HEADER}[ \t][^\n]*(?:\n|$)", re.M)
@@ -303,9 +313,20 @@ def limit_zone(rate: str) -> str:
     return _ZONE_PREFIX + rate.replace("/", "_")
 
 
+def zone_rate(zone: str) -> str:
+    """Return the rate of a console limit_req zone name (console_5r_s -> 5r/s), or ""."""
+    found = _ZONE_NAME.fullmatch(zone)
+    return f"{found[1]}r/{found[2]}" if found else ""
+
+
+def login_path(match: str, path: str) -> bool:
+    """Return True when the login rate limit applies to a location of this match and path."""
+    return match in (b.EXACT, b.PREFIX) and path.startswith(LOGIN_PATHS)
+
+
 def is_login_path(location: Location) -> bool:
     """Return True when the login rate limit applies to the location."""
-    return not location.is_regex and location.path.startswith(LOGIN_PATHS)
+    return login_path(location.match, location.path)
 
 
 def _listen(address: str, port: int) -> str:
@@ -397,12 +418,7 @@ def _tls(out: list[str], deployment: Deployment) -> None:
         f"    ssl_certificate     {deployment.ssl_certificate};",
         f"    ssl_certificate_key {deployment.ssl_certificate_key};",
         "    # Mozilla's intermediate TLS profile; one session cache for every console server.",
-        f"    ssl_protocols {TLS_PROTOCOLS};",
-        f"    ssl_ciphers {TLS_CIPHERS};",
-        "    ssl_prefer_server_ciphers off;",
-        f"    ssl_session_cache {TLS_SESSION_CACHE};",
-        "    ssl_session_timeout 1d;",
-        "    ssl_session_tickets off;",
+        *(f"    {name} {value};" for name, value in TLS_SETTINGS),
         "",
     ]
 
@@ -445,16 +461,18 @@ def _server_body(out: list[str], deployment: Deployment, targets: list[str]) -> 
         out += [
             f"    # Login paths: over {deployment.limit_req_rate} per client address, nginx "
             "answers 429.",
-            "    limit_req_status 429;",
+            f"    limit_req_status {LIMIT_STATUS};",
             "",
         ]
     addresses = {t: upstream_address(deployment, t) for t in targets}
     if any(resolves_at_request_time(a) for a in addresses.values()):
         out += [
-            "    # Host names resolve per request, so nginx starts (and answers 502) while a",
-            "    # container is down.",
+            "    # The upstreams, set once for every location below. Host names resolve per",
+            "    # request, so nginx starts (and answers 502) while a container is down.",
             f"    resolver {_resolver(deployment.resolver)} valid=10s ipv6=off;",
         ]
+    else:
+        out.append("    # The upstreams, set once for every location below.")
     width = max(len(variable_name(t)) for t in targets)
     out += [f"    set ${variable_name(t):<{width}} {a};" for t, a in addresses.items()]
 
@@ -579,16 +597,17 @@ def render_common(
     sites = list(sites)
     out = [
         "# CPA gateway console: shared by every site file in this directory (include inside",
-        "# http {}). Remove the seed's own map $http_upgrade block from nginx.conf if it is there:",
-        "# nginx refuses a variable defined twice.",
+        "# http {}). The seed's own map $http_upgrade block may stay in nginx.conf: nginx takes",
+        "# the last of two maps of a variable, and both say the same.",
         "map $http_upgrade $connection_upgrade {",
         "    default upgrade;",
         "    ''      close;",
         "}",
         "",
-        f"# Route tracing: ${TRACE_VARIABLE} is cpamp when a request went to the server's",
-        f"# ${UPSTREAM_VARIABLES[b.CPAMP]} (port 80 may go unwritten), cpa for any other address,",
-        "# empty (no header) when nginx answered itself.",
+        f"# Route tracing: ${TRACE_VARIABLE} is cpamp when nginx proxied to the server's",
+        f"# ${UPSTREAM_VARIABLES[b.CPAMP]} ($proxy_host leaves out a :80), cpa for any other",
+        "# address, and empty (no header) when nginx answered itself. A server that sets no",
+        f"# ${UPSTREAM_VARIABLES[b.CPAMP]} (CPA panel mode) gets the empty default.",
         f"map $host ${UPSTREAM_VARIABLES[b.CPAMP]} {{",
         '    default "";',
         "}",

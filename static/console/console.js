@@ -4,9 +4,11 @@
  * - select[data-autosubmit] submits its form on change (the language switcher).
  * - window.consolePoll(box, draw, ms) polls box's data-progress-url until the JSON says
  *   finished, calling draw(box, data) each time (the verification and apply pages).
- * - The "new deployment" wizard: a topology preset fills the upstream fields, and the
- *   certificate fields show only when HTTPS is on. Without JavaScript every field stays visible
- *   and the server applies the preset, so the pages work either way.
+ * - The "new deployment" wizard and the plain add form: a topology preset fills the upstream
+ *   fields. In the wizard the slug follows the name (the plain form has Django's
+ *   prepopulated_fields) and the certificate fields show only when HTTPS is on. Without
+ *   JavaScript every field stays visible and the server applies the preset and derives a blank
+ *   slug, so the pages work either way.
  */
 (function () {
   "use strict";
@@ -84,11 +86,13 @@
   }
 
   function setUpPresets(root) {
-    var form = root.querySelector("form[data-wizard-presets]");
+    // On the wizard's form itself; on the plain add form, an element inside the admin's form.
+    var holder = root.querySelector("[data-wizard-presets]");
+    var form = holder && holder.closest("form");
     if (!form) {
       return;
     }
-    var presets = JSON.parse(form.getAttribute("data-wizard-presets"));
+    var presets = JSON.parse(holder.getAttribute("data-wizard-presets"));
     var fields = Object.keys(presets.docker || {});
     var radios = form.querySelectorAll("input[name='topology']");
     var applying = false;
@@ -127,6 +131,33 @@
         var custom = form.querySelector("input[name='topology'][value='custom']");
         if (custom) {
           custom.checked = true;
+        }
+      });
+    });
+  }
+
+  // As django.utils.text.slugify: ASCII letters, digits, _ and -, lower case, spaces to -.
+  function slugify(text) {
+    return text.normalize("NFKD").replace(/[^\x00-\x7f]/g, "").toLowerCase()
+      .replace(/[^\w\s-]/g, "").replace(/[-\s]+/g, "-").replace(/^[-_]+|[-_]+$/g, "");
+  }
+
+  function setUpSlugs(root) {
+    root.querySelectorAll("input[data-slug-from]").forEach(function (slug) {
+      var source = root.querySelector(slug.getAttribute("data-slug-from"));
+      if (!source) {
+        return;
+      }
+      var limit = parseInt(slug.getAttribute("maxlength") || "0", 10);
+      // Follows the name until the user writes a slug of their own (as the plain form does).
+      var own = slug.value !== "" && slug.value !== slugify(source.value);
+      slug.addEventListener("input", function () {
+        own = slug.value !== "";
+      });
+      source.addEventListener("input", function () {
+        if (!own) {
+          var value = slugify(source.value);
+          slug.value = limit > 0 ? value.slice(0, limit).replace(/[-_]+$/, "") : value;
         }
       });
     });
@@ -175,6 +206,7 @@
     setUpCopyButtons(document);
     setUpAutosubmit(document);
     setUpPresets(document);
+    setUpSlugs(document);
     setUpTlsToggle(document);
   }
 

@@ -31,11 +31,13 @@ class Command(ConsoleCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         team = resolve_team(options["team"])
+        deployments = (
+            Deployment.objects.all() if team is None else Deployment.objects.filter(team=team)
+        )
         if options["slugs"]:
-            deployments = named_deployments(options["slugs"], team=team)
-        else:
-            queryset = Deployment.objects.all()
-            deployments = list(queryset if team is None else queryset.filter(team=team))
+            named = named_deployments(options["slugs"], team=team)
+            deployments = Deployment.objects.filter(pk__in=[d.pk for d in named])
+        # A queryset, not a list: the export reads it in a constant number of queries.
         payload = portable.export_definitions(deployments=deployments)
         text = portable.dump_payload(payload)
         output = options["output"]

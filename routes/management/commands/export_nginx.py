@@ -1,5 +1,5 @@
 """manage.py export_nginx SLUG [SLUG ...] | --all [--team SLUG] [--output-dir DIR] [--stdout]
-[--check] [--compose]"""
+[--check] [--compose] [--default-server]"""
 
 from __future__ import annotations
 
@@ -52,11 +52,24 @@ class Command(ConsoleCommand):
             action="store_true",
             help="Also write docker-compose.<slug>.yml, the seed's docker-compose file.",
         )
+        parser.add_argument(
+            "--default-server",
+            action="store_const",
+            const=True,
+            default=None,
+            help=(
+                "Add a catch-all server (return 444 for unknown Host names) on the sites' ports "
+                "to the shared file (default: settings.CONSOLE_NGINX_DEFAULT_SERVER); only when "
+                "this directory's nginx has no other default server there."
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         deployments, team = self._select(options)
         if options["to_stdout"]:
-            self._print(deployments, check=options["check"])
+            self._print(
+                deployments, check=options["check"], default_server=options["default_server"]
+            )
             return
         output_dir = Path(options["output_dir"] or settings.CONSOLE_EXPORT_DIR)
         try:
@@ -68,6 +81,7 @@ class Command(ConsoleCommand):
                 source="command",
                 prune=options["all"],
                 prune_team=team.slug if team else None,
+                default_server=options["default_server"],
             )
         except (InvalidDeployment, ExportError) as exc:
             raise CommandError(str(exc)) from exc
@@ -115,9 +129,11 @@ class Command(ConsoleCommand):
             prefix = f"{slug}: " if slug else ""
             self.stderr.write(_("warning: %(warning)s") % {"warning": f"{prefix}{warning}"})
 
-    def _print(self, deployments: list[Deployment], *, check: bool) -> None:
+    def _print(
+        self, deployments: list[Deployment], *, check: bool, default_server: bool | None
+    ) -> None:
         try:
-            files = render_files(deployments)
+            files = render_files(deployments, default_server=default_server)
         except InvalidDeployment as exc:
             raise CommandError(str(exc)) from exc
         self._warn(export_warnings(deployments))
