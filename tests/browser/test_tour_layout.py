@@ -31,7 +31,7 @@ from tests.browser.conftest import (
 )
 from tests.test_i18n import PO, english_left, parse_po, visible_text
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.tour]
 
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
