@@ -392,16 +392,19 @@ def report_pages(
 ) -> list[str]:
     """Print page times per size and opal's against root's; return the bounds missed."""
     print(
-        f"{'page':<17} {'user':<5} " + " ".join(f"{f'@{s} (s)':>12} {'queries':>8}" for s in sizes)
+        f"{'page':<17} {'user':<5} "
+        + " ".join(f"{f'@{s} (s)':>12} {'queries':>8} {'SQL ms':>7}" for s in sizes)
     )
     for page in pages:
         key = (page.label, page.user)
         cells = " ".join(
-            f"{times[s][key].seconds:>12.3f} {times[s][key].queries:>8}" for s in sizes
+            f"{times[s][key].seconds:>12.3f} {times[s][key].queries:>8} "
+            f"{times[s][key].db_seconds * 1000:>7.1f}"
+            for s in sizes
         )
         print(f"{page.label:<17} {page.user:<5} {cells}")
     largest = sizes[-1]
-    print(f"operator of {len({p.label for p in pages})} pages against the superuser at {largest}:")
+    print(f"the operator of every team against the superuser at {largest}:")
     missed = []
     for label in dict.fromkeys(p.label for p in pages):
         ratio = times[largest][(label, "opal")].seconds / times[largest][(label, "root")].seconds

@@ -63,6 +63,11 @@ def parse_po(text: str) -> list[dict]:
             entry.setdefault("refs", []).extend(line[2:].split())
         elif line.startswith("#"):
             continue
+        elif line.startswith("msgctxt "):
+            if "msgstr" in entry:
+                finish()
+            entry["msgctxt"] = unquote(line[8:])
+            current = ("msgctxt", None)
         elif line.startswith("msgid_plural "):
             entry["msgid_plural"] = unquote(line[13:])
             current = ("msgid_plural", None)
@@ -114,13 +119,20 @@ def test_translations_keep_every_placeholder(catalogue):
     assert broken == []
 
 
+def looked_up(compiled: gettext.GNUTranslations, entry: dict) -> str:
+    """Return the compiled translation of a .po entry, in its context if it has one."""
+    if "msgctxt" in entry:
+        return compiled.pgettext(entry["msgctxt"], entry["msgid"])
+    return compiled.gettext(entry["msgid"])
+
+
 def test_the_compiled_catalogue_matches_the_po_file(catalogue):
     with open(MO, "rb") as fh:
         compiled = gettext.GNUTranslations(fh)
     stale = [
         e["msgid"]
         for e in catalogue
-        if "msgid_plural" not in e and compiled.gettext(e["msgid"]) != e["msgstr"][0]
+        if "msgid_plural" not in e and looked_up(compiled, e) != e["msgstr"][0]
     ]
     assert stale == []
 
