@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -10,6 +12,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
 from django.urls import reverse
+from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from routes import keys as keyring
@@ -887,7 +890,19 @@ class VerificationRun(models.Model):
         _("failed checks"), null=True, blank=True, editable=False, help_text=_("e.g. 2.")
     )
     task_id = models.CharField(max_length=64, blank=True)
+    # The English words of the remarks below, or an exception's text (list_runs, grep).
     error = models.TextField(_("error"), blank=True)
+    # What the run says beyond its checks (keys left out or held back, why it stopped) as codes
+    # and parameters (routes.verification.remarks), rendered in the reader's language.
+    remarks = models.JSONField(
+        _("remarks"),
+        default=list,
+        blank=True,
+        editable=False,
+        help_text=_(
+            'e.g. [{"code": "keys_withheld", "params": {"origins": ["https://a.example"]}}].'
+        ),
+    )
     # Root causes, most important first (routes.verification.causes): codes and parameters,
     # rendered in the reader's language when shown.
     causes = models.JSONField(
@@ -972,6 +987,23 @@ class CheckResult(models.Model):
         return f"{self.check_id}: {'pass' if self.passed else 'fail'}"
 
 
+@functools.cache
+def _key_role_names() -> tuple[re.Pattern[str], dict[str, tuple[str, bool]]]:
+    """Return a pattern of every key role label in every language, and label -> (role, long).
+
+    long: the role's choice label ("CPA API Key (normal API requests)"), else its short one.
+    """
+    names: dict[str, tuple[str, bool]] = {}
+    for code, _name in settings.LANGUAGES:
+        with translation.override(code):
+            for role, short in keyring.ROLE_LABELS.items():
+                names.setdefault(str(Key.Role(role).label), (role, True))
+                names.setdefault(str(short), (role, False))
+    # Longest first: a long label holds the short one.
+    ordered = sorted(names, key=len, reverse=True)
+    return re.compile("|".join(re.escape(name) for name in ordered)), names
+
+
 class AuditEvent(models.Model):
     """One recorded action. Append-only: only superusers may prune."""
 
@@ -1013,9 +1045,28 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
+        # Named as the trail's pages name it: key roles in the reader's language.
         return (
-            f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.object_repr}"
+            f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} "
+            f"{self.object_text()}"
         )
+
+    def object_text(self) -> str:
+        """Return what the event is about, key roles named in the active language.
+
+        A key's events name it by its role's label, stored in English (rows stored before that:
+        in the language of whoever acted); the label is mapped back to its role and shown through
+        the role's choices, as the trail's reader reads them.
+        """
+        if not self.action.startswith("key."):
+            return self.object_repr
+        pattern, names = _key_role_names()
+
+        def label(match: re.Match[str]) -> str:
+            role, long = names[match.group(0)]
+            return str(Key.Role(role).label if long else keyring.ROLE_LABELS[role])
+
+        return pattern.sub(label, self.object_repr)
 
 
 # Notification channels, deliveries and alert states live in routes/alerts/ (issue 12).

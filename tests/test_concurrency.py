@@ -192,3 +192,20 @@ def test_two_threads_saving_the_same_version_never_both_win():
         thread.join(timeout=30)
     assert sorted(outcomes) == ["saved", "stale"]
     assert Deployment.objects.get(pk=deployment.pk).version == 2
+
+
+def test_the_conflict_table_names_what_happened_in_the_readers_language(
+    client, alice, bob, deployment
+):
+    client.force_login(alice)
+    stale = loaded_form_data(client, deployment, name="Alice's")
+    with acting(user=bob):
+        set_key(deployment=deployment, role="cpa_api", label="ci", secret=api_secret())
+
+    client.cookies["django_language"] = "zh-hans"
+    refused = client.post(change_url(deployment), stale)
+    assert refused.status_code == 200
+    conflict = refused.content.decode().split('id="edit-conflict"', 1)[1].split("</table>", 1)[0]
+    # The action's human name (its code in the title), the key by its role in Chinese.
+    assert 'title="key.create"' in conflict and "密钥已添加" in conflict
+    assert "CPA API 密钥" in conflict and "CPA API Key" not in conflict

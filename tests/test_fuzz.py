@@ -169,6 +169,8 @@ ALLOWED_DIRECTIVES = {
     "limit_req",
     "limit_req_status",
     "root",
+    # Routes hand off to one named location per upstream (issue 14).
+    "error_page",
 }
 
 
@@ -207,7 +209,13 @@ def assert_config_is_intended(deployment: Deployment) -> None:
                     if modifier in ("~", "~*"):
                         where = where.replace("\\\\", "\\")
                     seen.add((modifier, where))
-    intended = {(loc.modifier, loc.path) for loc in render.effective_locations(deployment)}
+    locations = render.effective_locations(deployment)
+    intended = {(loc.modifier, loc.path) for loc in locations}
+    # The named location of each upstream that routes hand off to, and the 301s written out.
+    limit = render.login_limit(deployment)
+    handed = {loc.target for loc in locations if render.hands_off(loc, limit)}
+    intended |= {("", render.HANDOFF_LOCATIONS[t]) for t in handed}
+    intended |= {("=", short) for short in render.slash_redirects(locations, limit)}
     assert seen == intended
     result = export.check_files(files)
     assert result.ok, result.output

@@ -32,6 +32,7 @@ from routes import validators as v
 from routes.models import ConfigExport, Deployment, RouteOverride, Team
 from routes.nginx import boundaries as b
 from routes.nginx import export, render
+from tests import nginx_routes
 
 EXAMPLES = int(os.environ.get("CONSOLE_FUZZ_EXAMPLES", "40"))
 
@@ -545,12 +546,9 @@ def assert_exactly_intended(deployment, rows) -> None:
     assert _args(main, "limit_req_status") == ([["429"]] if limit else [])
 
     seen = {}
-    for location in (d for d in main if d["directive"] == "location"):
-        args = location["args"]
-        modifier, where = (args[0], args[1]) if len(args) == 2 else ("", args[0])
+    for modifier, where, body in nginx_routes.routes(main):
         if modifier in ("~", "~*"):
             where = where.replace("\\\\", "\\")
-        body = [(d["directive"], d["args"]) for d in location["block"]]
         if body[0][0] == "return":
             assert body == [("return", ["302", b.ROOT_REDIRECT_TARGET])]
             seen[(modifier, where)] = "302"
@@ -583,6 +581,7 @@ def assert_exactly_intended(deployment, rows) -> None:
         "proxy_set_header",
         "add_header",
         "limit_req_status",
+        "error_page",
         "resolver",
         "set",
         "location",

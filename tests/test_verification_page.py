@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import translation
+from django.utils.http import urlencode
 
 from routes.models import (
     AuditEvent,
@@ -300,6 +302,10 @@ FIXES: dict[str, tuple[Any, str, Any]] = {
 }
 
 
+# The kinds whose link opens an edit form; tls_verify is a POST button, cpamp_setup CPAMP's panel.
+EDIT_FORM_FIXES = ("base_url", "override", "keys", "deployment", "upstreams")
+
+
 @pytest.mark.parametrize("kind", list(FIXES))
 def test_each_fix_kind_links_to_its_fix_for_a_role_that_may_and_not_for_a_viewer(
     client, users, deployment, kind
@@ -310,8 +316,17 @@ def test_each_fix_kind_links_to_its_fix_for_a_role_that_may_and_not_for_a_viewer
     run = make_run(deployment, [row])
     assert run.causes[0]["fix"]["kind"] == kind
     client.force_login(users[role])
-    for html in (verify_page(client, deployment, run), run_page(client, run)):
-        assert fix_links(html)[:1] == [link(deployment)]
+    verify_url = reverse("admin:routes_deployment_verify", args=[deployment.pk])
+    shown = {
+        f"{verify_url}?run={run.pk}": verify_page(client, deployment, run),
+        reverse("admin:routes_verificationrun_change", args=[run.pk]): run_page(client, run),
+    }
+    for here, html in shown.items():
+        first = unescape(fix_links(html)[0])
+        # A link to an edit form carries the way back to this page (tests/test_fix_links.py).
+        way_back = "?" + urlencode({"next": here})
+        assert (way_back in first) == (kind in EDIT_FORM_FIXES)
+        assert first.replace(way_back, "") == link(deployment)
     client.force_login(users["viewer"])
     for html in (verify_page(client, deployment, run), run_page(client, run)):
         assert fix_links(html) == []

@@ -221,7 +221,7 @@ class AuditEventAdmin(ConsoleAdmin):
         "action_name",
         "team",
         "object_type",
-        "object_repr",
+        "object_name",
         "ip",
     )
     list_filter = (
@@ -247,7 +247,7 @@ class AuditEventAdmin(ConsoleAdmin):
         "action_detail",
         "object_type",
         "object_id",
-        "object_repr",
+        "object_name",
         "changes_json",
         "ip",
     )
@@ -278,6 +278,11 @@ class AuditEventAdmin(ConsoleAdmin):
         return format_html(
             '{} <code class="console-muted">{}</code>', action_label(obj.action), obj.action
         )
+
+    @admin.display(description=_("object"), ordering="object_repr")
+    def object_name(self, obj: AuditEvent) -> str:
+        # Stored in English; key roles read in the viewer's language (the export keeps it).
+        return audit.object_text(obj)
 
     @admin.display(description=_("changes"))
     def changes_json(self, obj: AuditEvent) -> str:

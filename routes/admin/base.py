@@ -39,6 +39,7 @@ from routes.admin.first_setup import FirstSetupPages
 from routes.admin.nginx_pages import NginxPages
 from routes.admin.options import (
     DeploymentPages,
+    ReturnsToNext,
     ScopedAdmin,
     ScopedInline,
     SecretFormsAdmin,
@@ -161,6 +162,7 @@ class KeyInline(KeyDisplayMixin, ScopedInline):
 
 @admin.register(Deployment)
 class DeploymentAdmin(
+    ReturnsToNext,
     AdoptPages,
     BoardPages,
     NginxPages,

@@ -24,6 +24,7 @@ from routes.models import (
 )
 from routes.nginx.apply_report import LiveState, live_states
 from routes.permissions import Action, can, teams_where
+from routes.verification import remarks
 
 if TYPE_CHECKING:
     from routes.permissions import AnyUser
@@ -75,6 +76,8 @@ class FailingRun:
     causes: list[CauseView]
     run_url: str
     more: int = 0
+    # What the run says beyond its checks, in the viewer's language (routes.verification.remarks).
+    error: str = ""
 
 
 @dataclass
@@ -179,6 +182,7 @@ def build_dashboard(*, user: AnyUser) -> Dashboard:
                 causes=found[:MAX_CAUSES_PER_RUN],
                 more=max(0, len(found) - MAX_CAUSES_PER_RUN),
                 run_url=optional_url("admin:routes_verificationrun_change", run.pk),
+                error=remarks.run_text(run),
             )
         )
 

@@ -21,10 +21,11 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import PAGE_VAR
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -334,6 +335,50 @@ class ScopedAdmin(ConsoleAdmin):
         # A fresh class per request (modelform_factory), so the user never leaks across.
         form.user = request.user  # type: ignore[attr-defined]
         return form
+
+
+# The page an edit form goes back to once saved (the verification page a fix link came from).
+RETURN_VAR = "next"
+
+
+def with_return(url: str, *, back_to: str, anchor: str = "") -> str:
+    """Return url with ?next=back_to (when given) and then #anchor (when given)."""
+    if back_to:
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode({RETURN_VAR: back_to})}"
+    return f"{url}#{anchor}" if anchor else url
+
+
+def return_target(request: HttpRequest) -> str | None:
+    """Return the request's ?next= page if it is a path or URL of this site, else None."""
+    target = request.GET.get(RETURN_VAR, "")
+    safe = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if target and safe else None
+
+
+class ReturnsToNext:
+    """A model admin whose add and change forms, opened with ?next=, go back there on "Save".
+
+    The other buttons keep Django's redirect, which keeps the query string (so ?next=) on the
+    page it goes to: "Save and continue editing" keeps the way back for the next save.
+    """
+
+    def _back(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        target = return_target(request)
+        if target is None or not isinstance(response, HttpResponseRedirect):
+            return response
+        if any(button in request.POST for button in ("_continue", "_addanother", "_saveasnew")):
+            return response
+        return HttpResponseRedirect(target)
+
+    def response_add(
+        self, request: HttpRequest, obj: Any, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        return self._back(request, super().response_add(request, obj, post_url_continue))  # type: ignore[misc]
+
+    def response_change(self, request: HttpRequest, obj: Any) -> HttpResponse:
+        return self._back(request, super().response_change(request, obj))  # type: ignore[misc]
 
 
 class ProgressAdmin(ScopedAdmin):

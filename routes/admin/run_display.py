@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
+from routes.admin.options import with_return
 from routes.models import CheckResult, RouteOverride, VerificationRun
 from routes.permissions import Action, can
 from routes.verification import causes as cz
@@ -113,9 +114,10 @@ def _guarded(
     return fix
 
 
-def _deployment_url(deployment: Deployment, anchor: str = "") -> str:
+def _deployment_url(deployment: Deployment, anchor: str = "", *, back_to: str = "") -> str:
+    """Return the deployment's change page at anchor, which goes back to back_to once saved."""
     url = reverse("admin:routes_deployment_change", args=[deployment.pk])
-    return f"{url}#{anchor}" if anchor else url
+    return with_return(url, back_to=back_to, anchor=anchor)
 
 
 def _override_anchor(deployment: Deployment, override_id: int) -> str:
@@ -126,14 +128,19 @@ def _override_anchor(deployment: Deployment, override_id: int) -> str:
     return f"overrides-{ids.index(override_id)}"
 
 
-def _override_fix(user: AnyUser, deployment: Deployment, override_id: int | None) -> Fix:
+def _override_fix(
+    user: AnyUser, deployment: Deployment, override_id: int | None, *, back_to: str
+) -> Fix:
     override = (
         RouteOverride.objects.filter(pk=override_id, deployment=deployment).first()
         if override_id is not None
         else None
     )
     if override is None:
-        fix = Fix(_("Open the route overrides"), _deployment_url(deployment, OVERRIDES_ANCHOR))
+        fix = Fix(
+            _("Open the route overrides"),
+            _deployment_url(deployment, OVERRIDES_ANCHOR, back_to=back_to),
+        )
     else:
         fix = Fix(
             _("Open the override %(match)s %(path)s → %(target)s")
@@ -142,7 +149,7 @@ def _override_fix(user: AnyUser, deployment: Deployment, override_id: int | None
                 "path": override.path,
                 "target": override.get_target_display(),
             },
-            _deployment_url(deployment, _override_anchor(deployment, override.pk)),
+            _deployment_url(deployment, _override_anchor(deployment, override.pk), back_to=back_to),
         )
     return _guarded(user, deployment, [Action.EDIT], fix)
 
@@ -172,9 +179,18 @@ def _cpamp_setup_fixes(
 
 
 def fixes_for(
-    cause: Mapping[str, Any], *, user: AnyUser, run: VerificationRun, deployment: Deployment
+    cause: Mapping[str, Any],
+    *,
+    user: AnyUser,
+    run: VerificationRun,
+    deployment: Deployment,
+    back_to: str = "",
 ) -> list[Fix]:
-    """Return the fix links of one cause (render_causes form) for user, by its fix kind."""
+    """Return the fix links of one cause (render_causes form) for user, by its fix kind.
+
+    back_to: the page showing the cause; every link to an edit form carries it (?next=), so
+    that saving the form goes back there.
+    """
     fix = cause.get("fix") or {}
     kind, code = fix.get("kind") or "", str(cause.get("code", ""))
     if kind == cz.BASE_URL:
@@ -185,22 +201,27 @@ def fixes_for(
                 user,
                 deployment,
                 [Action.SET_KEY_DESTINATION],
-                Fix(_("Edit the base URL"), f"{url}#id_base_url"),
+                Fix(
+                    _("Edit the base URL"), with_return(url, back_to=back_to, anchor="id_base_url")
+                ),
                 note=only_owner % {"team": deployment.team.slug},
             )
         ]
     if kind == cz.OVERRIDE:
-        return [_override_fix(user, deployment, fix.get("override_id"))]
+        return [_override_fix(user, deployment, fix.get("override_id"), back_to=back_to)]
     if kind == cz.TLS_VERIFY:
         url = reverse("admin:routes_deployment_verify_tls_off", args=[deployment.pk])
         button = Fix(_("Turn TLS verification off and run again"), url, post=True)
         return [_guarded(user, deployment, TLS_OFF_ACTIONS, button)]
     if kind == cz.KEYS:
-        keys = Fix(_("Open the keys"), _deployment_url(deployment, KEYS_ANCHOR))
+        keys = Fix(_("Open the keys"), _deployment_url(deployment, KEYS_ANCHOR, back_to=back_to))
         return [_guarded(user, deployment, [Action.MANAGE_KEYS], keys)]
     if kind == cz.UPSTREAMS:
         name, action = _upstream_field(cause)
-        edit = Fix(_("Edit the upstream addresses"), _deployment_url(deployment, f"id_{name}"))
+        edit = Fix(
+            _("Edit the upstream addresses"),
+            _deployment_url(deployment, f"id_{name}", back_to=back_to),
+        )
         return [_guarded(user, deployment, [action], edit)]
     if kind == cz.DEPLOYMENT and code in CONFIG_CODES:
         url = reverse("admin:routes_deployment_config", args=[deployment.pk])
@@ -209,7 +230,7 @@ def fixes_for(
     if kind == cz.DEPLOYMENT:
         field_name = DEPLOYMENT_FIELDS.get(code)
         anchor = f"id_{field_name}" if field_name else ""
-        edit = Fix(_("Edit the deployment"), _deployment_url(deployment, anchor))
+        edit = Fix(_("Edit the deployment"), _deployment_url(deployment, anchor, back_to=back_to))
         return [_guarded(user, deployment, [Action.EDIT], edit)]
     if kind == cz.CPAMP_SETUP:
         return _cpamp_setup_fixes(user, deployment, run, cause.get("params") or {})
@@ -222,10 +243,12 @@ def cause_views(
     user: AnyUser | None,
     deployment: Deployment | None = None,
     failed: Sequence[CheckResult] | None = None,
+    back_to: str = "",
 ) -> list[CauseView]:
     """Return the run's causes, most important first, with their fixes for user (None: none).
 
-    deployment: the run's, when the caller has it loaded (with its team).
+    deployment: the run's, when the caller has it loaded (with its team). back_to: the page
+    that shows them, where their edit forms go back to once saved.
     """
     deployment = deployment or run.job.deployment
     views = []
@@ -241,7 +264,7 @@ def cause_views(
                     for check_id, label in zip(cause["checks"], cause["labels"], strict=False)
                 ],
                 fixes=(
-                    fixes_for(cause, user=user, run=run, deployment=deployment)
+                    fixes_for(cause, user=user, run=run, deployment=deployment, back_to=back_to)
                     if user is not None
                     else []
                 ),
@@ -297,10 +320,13 @@ def check_rows(results: Iterable[CheckResult], causes: Sequence[CauseView]) -> l
 
 
 def progress_extras(
-    run: VerificationRun, *, user: AnyUser, results: Sequence[CheckResult]
+    run: VerificationRun, *, user: AnyUser, results: Sequence[CheckResult], back_to: str = ""
 ) -> dict[str, Any]:
-    """Return what the progress JSON adds for the page to redraw: causes with fixes, row notes."""
-    views = cause_views(run, user=user) if run.status in FINISHED else []
+    """Return what the progress JSON adds for the page to redraw: causes with fixes, row notes.
+
+    back_to: the page that polls, where the fixes' edit forms go back to.
+    """
+    views = cause_views(run, user=user, back_to=back_to) if run.status in FINISHED else []
     rows = check_rows(results, views)
     return {
         "cause_views": [{**asdict(view), "anchor": view.anchor} for view in views],

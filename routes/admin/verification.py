@@ -26,7 +26,6 @@ from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
-from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.safestring import SafeString
 from django.utils.text import format_lazy
 from django.utils.timezone import localtime
@@ -38,9 +37,12 @@ from routes.admin.bulk import may_act_on
 from routes.admin.options import (
     DeploymentPages,
     ProgressAdmin,
+    ReturnsToNext,
     ScopedAdmin,
+    return_target,
     viewed_and_managed,
     visible_deployment,
+    with_return,
 )
 from routes.admin.run_display import TLS_OFF_ACTIONS, cause_views, check_rows, progress_extras
 from routes.models import (
@@ -51,7 +53,7 @@ from routes.models import (
     VerificationRun,
 )
 from routes.permissions import Action, can, teams_where
-from routes.verification import destinations
+from routes.verification import destinations, remarks
 from routes.verification.checks import CHECKS
 from routes.verification.runs import (
     MAX_INTERVAL_SECONDS,
@@ -88,14 +90,10 @@ def last_run(obj: Deployment) -> str:
     return format_html("{} <small>{}</small>", status_badge(status, label), when_text)
 
 
-# The page to go back to after saving a job (the verification page it was opened from).
-RETURN_VAR = "next"
-
-
 def job_edit_url(job: VerificationJob, *, back_to: str) -> str:
     """Return the job's change page, which goes back to back_to once saved."""
     url = reverse("admin:routes_verificationjob_change", args=[job.pk])
-    return f"{url}?{urlencode({RETURN_VAR: back_to})}"
+    return with_return(url, back_to=back_to)
 
 
 def run_flash_tags(run: VerificationRun) -> str:
@@ -174,7 +172,11 @@ class VerificationPages(DeploymentPages):
                 raise Http404(_("No such run for this deployment."))
         else:
             run = runs.order_by("-created_at", "-id").first()
-        causes = cause_views(run, user=request.user, deployment=deployment) if run else []
+        # Fix links and "Edit the job" bring the user back here, to this very run, once saved.
+        here = request.get_full_path()
+        causes = (
+            cause_views(run, user=request.user, deployment=deployment, back_to=here) if run else []
+        )
         context = self.page_context(
             request,
             deployment,
@@ -188,7 +190,15 @@ class VerificationPages(DeploymentPages):
             rows=check_rows(run.results.all(), causes) if run else [],
             may_run=can(request.user, Action.VERIFY, deployment.team_id),
             may_edit_job=can(request.user, Action.EDIT, deployment.team_id),
-            job_url=job_edit_url(job, back_to=request.path) if job else "",
+            job_url=job_edit_url(job, back_to=here) if job else "",
+            # The live redraw draws the same fix links as this page: the same way back.
+            progress_url=(
+                with_return(
+                    reverse("admin:routes_verificationrun_progress", args=[run.pk]), back_to=here
+                )
+                if run
+                else ""
+            ),
             runs=recent_runs(deployment),
         )
         return TemplateResponse(
@@ -355,7 +365,7 @@ class VerificationRunAdmin(ProgressAdmin):
         "started_at",
         "finished_at",
         "duration_ms",
-        "error",
+        "error_text",
         "checks_table",
     )
     readonly_fields = fields
@@ -376,7 +386,12 @@ class VerificationRunAdmin(ProgressAdmin):
 
     def progress_data(self, request: HttpRequest, run: VerificationRun) -> dict[str, Any]:
         """The small JSON the verify page polls."""
-        extras = progress_extras(run, user=request.user, results=list(run.results.all()))
+        # The page that polls says where it is (?next=); its fix links lead back there.
+        page = reverse("admin:routes_deployment_verify", args=[run.job.deployment_id])
+        back_to = return_target(request) or f"{page}?run={run.pk}"
+        extras = progress_extras(
+            run, user=request.user, results=list(run.results.all()), back_to=back_to
+        )
         return {**progress(run), **extras}
 
     def render_change_form(
@@ -389,7 +404,7 @@ class VerificationRunAdmin(ProgressAdmin):
         obj: VerificationRun | None = None,
     ) -> HttpResponse:
         if obj is not None:
-            context["causes"] = cause_views(obj, user=request.user)
+            context["causes"] = cause_views(obj, user=request.user, back_to=request.get_full_path())
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     @admin.display(description=_("deployment"), ordering="job__deployment__slug")
@@ -399,6 +414,11 @@ class VerificationRunAdmin(ProgressAdmin):
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj: VerificationRun) -> SafeString:
         return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description=_("error"))
+    def error_text(self, obj: VerificationRun) -> str:
+        # The remarks in the reader's language; the column keeps the English words.
+        return remarks.run_text(obj)
 
     @admin.display(description=_("checks"))
     def checks_table(self, obj: VerificationRun) -> SafeString:
@@ -521,7 +541,7 @@ class VerificationJobForm(forms.ModelForm):
 
 
 @admin.register(VerificationJob)
-class VerificationJobAdmin(ScopedAdmin):
+class VerificationJobAdmin(ReturnsToNext, ScopedAdmin):
     form = VerificationJobForm
     list_display = (
         "deployment",
@@ -555,33 +575,6 @@ class VerificationJobAdmin(ScopedAdmin):
         # A deployment has one job: there is never another to add next.
         context["show_save_and_add_another"] = False
         return super().render_change_form(request, context, add, change, form_url, obj)
-
-    def _return_url(self, request: HttpRequest) -> str | None:
-        """Return the page the job was opened from (?next=), if it is on this site."""
-        target = request.GET.get(RETURN_VAR, "")
-        safe = url_has_allowed_host_and_scheme(
-            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-        )
-        return target if target and safe else None
-
-    def _back(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        target = self._return_url(request)
-        if target is None or not isinstance(response, HttpResponseRedirect):
-            return response
-        if "_continue" in request.POST:
-            # Staying on the job's page keeps the way back for the next save.
-            location = response["Location"]
-            joiner = "&" if "?" in location else "?"
-            return HttpResponseRedirect(f"{location}{joiner}{urlencode({RETURN_VAR: target})}")
-        return HttpResponseRedirect(target)
-
-    def response_add(
-        self, request: HttpRequest, obj: VerificationJob, post_url_continue: str | None = None
-    ) -> HttpResponse:
-        return self._back(request, super().response_add(request, obj, post_url_continue))
-
-    def response_change(self, request: HttpRequest, obj: VerificationJob) -> HttpResponse:
-        return self._back(request, super().response_change(request, obj))
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: VerificationJob | None = None

@@ -359,6 +359,13 @@ class _Reader:
         # (line, location, rate, burst) of each location's console limit_req.
         self.limits: list[tuple[int, _Loc, str, int]] = []
         self.appends_forwarded = False
+        # error_page CODE = @name: a route's `return CODE` proxies as the named location does.
+        self.pages: dict[str, tuple[str, int]] = {}
+        self.named: dict[str, Stmt] = {}
+        self.handed: set[str] = set()
+        # The paths of the server's locations: `location = /x` that 301s to /x/ stands for
+        # nginx's own redirect when a location /x/ is here.
+        self.paths: set[str] = set()
 
     def recognised(self, line: int, text: str) -> None:
         """Note something of the file that maps onto the deployment."""
@@ -460,9 +467,13 @@ class _Reader:
             name, args, line = inner["directive"], inner["args"], inner["line"]
             if name == "listen":
                 listens.append(inner)
+            elif name == "location" and "block" in inner and args and args[0].startswith("@"):
+                self.named[args[0]] = inner
             elif name == "location" and "block" in inner:
                 # Read after the server's own settings, which apply wherever they stand.
                 locations.append(inner)
+            elif name == "error_page" and len(args) == 3 and args[1] == "=":
+                self.pages[args[0]] = (args[2], line)
             elif name == "server_name":
                 if len(args) != 1:
                     self.unmapped(line, "server_name")
@@ -512,8 +523,62 @@ class _Reader:
         if len(locations) > MAX_LOCATIONS:
             self.unmapped(stmt["line"], "too_many", max=MAX_LOCATIONS)
             return
+        self.paths = {_unescape(inner["args"][-1]) for inner in locations if inner["args"]}
         for inner in locations:
             self.location(inner)
+        self.handoffs()
+
+    def handoff(self, code: str) -> tuple[Stmt, dict[str, str]] | None:
+        """Return the proxy_pass (and the sets) of the named location `return code` goes to."""
+        page = self.pages.get(code)
+        named = self.named.get(page[0]) if page else None
+        if named is None:
+            return None
+        passes = [i for i in named["block"] if i["directive"] == "proxy_pass"]
+        sets = {
+            i["args"][0][1:]: i["args"][1].lower()
+            for i in named["block"]
+            if i["directive"] == "set" and len(i["args"]) == 2 and i["args"][0].startswith("$")
+        }
+        if len(passes) != 1 or len(passes[0]["args"]) != 1:
+            return None
+        self.handed.add(code)
+        return passes[0], sets
+
+    def handoffs(self) -> None:
+        """Report the error_page lines and named locations: used by the routes, or not mapped."""
+        for code, (name, line) in self.pages.items():
+            if code in self.handed:
+                self.recognised(
+                    line,
+                    gettext("error_page %(code)s = %(name)s: routes hand off to it")
+                    % {"code": code, "name": _shown(name)},
+                )
+            else:
+                self.unmapped(line, "directive", name="error_page")
+        used = {self.pages[code][0] for code in self.handed}
+        for name, stmt in self.named.items():
+            if name in used:
+                self.recognised(
+                    stmt["line"],
+                    gettext("location %(name)s: the proxy_pass of its routes")
+                    % {"name": _shown(name)},
+                )
+            else:
+                self.unmapped(stmt["line"], "location_kind", location=_shown(f"location {name}"))
+
+    def slash_redirect(self, stmt: Stmt) -> bool:
+        """Return True for `location = /x { return 301 /x/$is_args$args; }` beside /x/.
+
+        That is the redirect nginx adds itself for a proxy_pass location /x/; the console
+        writes it out where its routes hand off with `return`, and writes it again on export.
+        """
+        args, body = [_unescape(a) for a in stmt["args"]], stmt["block"]
+        if len(args) != 2 or args[0] != "=" or len(body) != 1:
+            return False
+        path = f"{args[1]}/"
+        wanted = ["301", f"{path}$is_args$args"]
+        return body[0]["directive"] == "return" and body[0]["args"] == wanted and path in self.paths
 
     def listen(self, stmt: Stmt, listens: list[Stmt]) -> None:
         """Read the server's one listen: address, port, TLS."""
@@ -682,6 +747,13 @@ class _Reader:
             if len(args) == 1 and path.startswith(prefix):
                 modifier, path = prefix, path[len(prefix) :]
                 break
+        if self.slash_redirect(stmt):
+            self.recognised(
+                line,
+                gettext("location = %(path)s: the 301 nginx adds for %(path)s/")
+                % {"path": _shown(path)},
+            )
+            return
         if modifier not in _MODIFIERS or path.startswith("@"):
             self.unmapped(line, "location_kind", location=_shown(" ".join(["location", *args])))
             return
@@ -718,6 +790,13 @@ class _Reader:
                 and inner_args == ["302", b.ROOT_REDIRECT_TARGET]
             ):
                 loc.redirect = b.ROOT_REDIRECT_TARGET
+            elif name == "return" and len(inner_args) == 1 and inner_args[0] in self.pages:
+                handed = self.handoff(inner_args[0])
+                if handed is None:
+                    self.unknown(inner)
+                    continue
+                passes.append(handed[0])
+                local_vars.update(handed[1])
             elif not (
                 (name in _CONSOLE_WRITES and inner_args == _CONSOLE_WRITES[name])
                 or (

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from routes.nginx.regexes import RegexTimeout
 from routes.nginx.simulate import BadRequest, simulate
 from routes.verification import diagnoses as dx
+from routes.verification import remarks
 from routes.verification.checks import check_label
 from routes.verification.http import CPA, CPAMP
 
@@ -303,6 +304,7 @@ def render_causes(
 def run_causes(run: VerificationRun) -> list[dict[str, Any]]:
     """Return the causes a notification of run names: its causes, or its error (run_error)."""
     causes = render_causes(run)
-    if not causes and run.status == "error" and run.error:
-        causes.append({"code": "run_error", "diagnosis": run.error})
+    said = remarks.run_text(run)
+    if not causes and run.status == "error" and said:
+        causes.append({"code": "run_error", "diagnosis": said})
     return causes

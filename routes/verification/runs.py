@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
@@ -30,7 +29,6 @@ from django.utils.translation import gettext as _
 
 from routes import audit
 from routes import keys as keyring
-from routes import validators as v
 from routes.context import current_actor
 from routes.models import (
     MIN_INTERVAL_SECONDS,
@@ -43,6 +41,7 @@ from routes.models import (
 )
 from routes.verification import causes, destinations
 from routes.verification import diagnoses as dx
+from routes.verification import remarks as rm
 from routes.verification.checks import (
     Check,
     check_label,
@@ -167,15 +166,17 @@ def sweep_stale_runs(*, now: dt.datetime | None = None) -> int:
         if run.status == Status.RUNNING:
             condition = overdue
             waited = int((now - run.started_at).total_seconds()) if run.started_at else grace
-            error = _("The worker stopped before the run finished (no result after %(s)d s).") % {
-                "s": waited
-            }
+            said = [rm.remark(rm.WORKER_STOPPED, seconds=waited)]
         else:
             condition = orphaned
-            error = _("The run never reached a worker: whatever queued it stopped first.")
+            said = [rm.remark(rm.NEVER_QUEUED)]
         # Conditional: a worker finishing (or a task id arriving) right now keeps its own result.
         updated = VerificationRun.objects.filter(condition, pk=run.pk).update(
-            status=Status.ERROR, finished_at=now, **stored_counts(), error=error
+            status=Status.ERROR,
+            finished_at=now,
+            **stored_counts(),
+            remarks=said,
+            error=rm.english(said),
         )
         if not updated:
             continue
@@ -209,19 +210,7 @@ def create_run(
 
 
 class _RefusedBaseURL(Exception):
-    """The run's base URL is not an origin checks may be sent to (message names why)."""
-
-
-def _origin_problem(base_url: str) -> str:
-    """Return why checks may not go to base_url (not an origin, link-local), or ""."""
-    try:
-        v.validate_origin(base_url)
-    except ValidationError as exc:
-        return _("Base URL %(url)s: %(reason)s") % {
-            "url": base_url,
-            "reason": " ".join(exc.messages),
-        }
-    return ""
+    """The run's base URL is not an origin checks may be sent to (its args: the URL)."""
 
 
 # The fields a stored CheckResult shares with a CheckOutcome, and the column widths they fit.
@@ -277,18 +266,15 @@ def stored_counts() -> dict[str, Coalesce]:
     return {"check_count": count(results), "failed_count": count(results.filter(passed=False))}
 
 
-def _notes(stored: StoredKeys, outcomes: list[CheckOutcome]) -> str:
+def _notes(stored: StoredKeys, outcomes: list[CheckOutcome]) -> list[rm.Remark]:
     """Return the run's remarks: keys left out, and destinations keys were held back from."""
     notes = []
     if stored.unreadable:
-        notes.append(
-            _("Keys that cannot be decrypted were left out: %(roles)s.")
-            % {"roles": ", ".join(sorted(set(stored.unreadable)))}
-        )
+        notes.append(rm.remark(rm.KEYS_UNREADABLE, roles=sorted(set(stored.unreadable))))
     withheld = sorted({o.details["origin"] for o in outcomes if o.details.get("keys_withheld")})
     if withheld:
-        notes.append(destinations.pending_message(withheld))
-    return " ".join(notes)
+        notes.append(rm.remark(rm.KEYS_WITHHELD, origins=withheld))
+    return notes
 
 
 def execute_run(
@@ -316,11 +302,11 @@ def execute_run(
     redact = Redactor()
     failed: list[str] = []
     found: list[dict[str, Any]] = []
+    said: list[rm.Remark] = []
     try:
         base_url = run.base_url or job.effective_base_url
-        refused = _origin_problem(base_url)
-        if refused:
-            raise _RefusedBaseURL(refused)
+        if rm.origin_problem(base_url):
+            raise _RefusedBaseURL(base_url)
         stored = load_keys(deployment)
         ctx = build_context(
             deployment,
@@ -338,14 +324,17 @@ def execute_run(
         outcomes = run_checks(ctx, plan, on_results=partial(_store, run))
         failed = [o.check_id for o in outcomes if not o.passed]
         status = Status.FAILED if failed else Status.PASSED
-        error = _notes(stored, outcomes)
+        said = _notes(stored, outcomes)
+        error = rm.english(said)
         found = causes.group(outcomes, deployment=deployment)
     except _RefusedBaseURL as exc:
         status = Status.ERROR
-        error = str(exc)[:500]
+        said = [rm.remark(rm.BASE_URL_REFUSED, url=exc.args[0])]
+        error = rm.english(said)[:500]
     except Exception as exc:
         logger.exception("verification run %s failed", run.pk)
         status = Status.ERROR
+        said = []  # the exception's text is what the run says
         error = redact.cut(f"{type(exc).__name__}: {exc}", 500)
     duration = int((time.monotonic() - started) * 1000)
     VerificationRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
@@ -353,6 +342,7 @@ def execute_run(
         finished_at=timezone.now(),
         duration_ms=duration,
         error=error,
+        remarks=said,
         causes=found,
         **stored_counts(),
     )
@@ -634,7 +624,8 @@ def progress(run: VerificationRun) -> dict[str, Any]:
         "done": len(results),
         "total": max(total, len(results)),
         "duration_ms": run.duration_ms,
-        "error": run.error,
+        # In the reader's language, as the page shows it (the column keeps English).
+        "error": rm.run_text(run),
         "causes": causes.render_causes(run) if run.status in FINISHED else [],
         "results": [
             {
@@ -728,7 +719,7 @@ class KeyProbe:
 
 def _unsent_reason(key: Key, job: VerificationJob, plan: list[Check]) -> str:
     """Return why key may not be sent for its probes (base URL, unconfirmed origin), or ""."""
-    refused = _origin_problem(job.effective_base_url)
+    refused = rm.origin_problem(job.effective_base_url)
     if refused:
         return refused
     confirmed = destinations.confirmed_origins(key.deployment)
@@ -799,12 +790,16 @@ def _finish_probe(key: Key, ok: bool | None, detail: str, outcomes: list[CheckOu
         last_validated_at=now, last_validation_ok=ok, last_validation_detail=detail[:2000]
     )
     key.last_validated_at, key.last_validation_ok, key.last_validation_detail = now, ok, detail
+    # Stored in English; the trail shows the role's label in its reader's language.
+    with translation.override(STORED_LANGUAGE):
+        named = f"{key.deployment.slug} {key.get_role_display()} {key.masked}"
     audit.record(
         action="key.test",
         team=key.deployment.team_id,
         obj=key,
-        object_repr=f"{key.deployment.slug} {key.get_role_display()} {key.masked}",
+        object_repr=named,
         changes={
+            "role": key.role,
             "result": {True: "passed", False: "failed", None: "not tried"}[ok],
             "checks": {o.check_id: o.passed for o in outcomes},
         },

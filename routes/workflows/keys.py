@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -23,8 +23,10 @@ def _role_label(role: str) -> str:
 
 
 def _key_label(key: Key) -> str:
+    """Return how the trail names key, in its stored language (audit.object_text translates)."""
     label = f" ({key.label})" if key.label else ""
-    return f"{key.deployment.slug}: {_role_label(key.role)}{label}"
+    with translation.override(audit.STORED_LANGUAGE):
+        return f"{key.deployment.slug}: {_role_label(key.role)}{label}"
 
 
 def check_key(

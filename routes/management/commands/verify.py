@@ -20,7 +20,7 @@ from routes.management.base import (
     resolve_team,
 )
 from routes.models import VerificationRun
-from routes.verification import runs
+from routes.verification import remarks, runs
 
 USAGE_ERROR = 2
 
@@ -126,8 +126,9 @@ class Command(ConsoleCommand):
                 f"{data['duration_ms'] or 0} ms ({run.base_url})"
             )
         )
-        if run.error:
-            self.stdout.write(f"  {run.error}")
+        said = remarks.run_text(run)
+        if said:
+            self.stdout.write(f"  {said}")
         for cause in data["causes"]:
             checks = ", ".join(cause["checks"])
             self.stdout.write(f"  cause {cause['code']} ({checks}): {cause['diagnosis']}")
