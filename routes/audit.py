@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from routes.context import current, current_actor
-from routes.models import AuditEvent, Team
+from routes.models import COMMAND_ACTOR, AuditEvent, Team
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -144,7 +144,7 @@ def record(
     team_id = team.pk if isinstance(team, Team) else team
     return AuditEvent.objects.create(
         actor=actor,
-        actor_label=(label or "command")[:150],
+        actor_label=(label or COMMAND_ACTOR)[:150],
         team_id=team_id,
         action=action,
         object_type=(obj._meta.model_name or "") if obj is not None else "",

@@ -14,6 +14,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext
 
 from routes import keys as keyring
 from routes import validators as v
@@ -987,6 +988,10 @@ class CheckResult(models.Model):
         return f"{self.check_id}: {'pass' if self.passed else 'fail'}"
 
 
+# The actor label of what a management command or the task worker did without a user.
+COMMAND_ACTOR = "command"
+
+
 @functools.cache
 def _key_role_names() -> tuple[re.Pattern[str], dict[str, tuple[str, bool]]]:
     """Return a pattern of every key role label in every language, and label -> (role, long).
@@ -1047,17 +1052,29 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         # Named as the trail's pages name it: key roles in the reader's language.
         return (
-            f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} "
+            f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_text()} {self.action} "
             f"{self.object_text()}"
         )
 
+    def actor_text(self) -> str:
+        """Return who acted: the username, or "command" (manage.py) in the active language."""
+        if self.actor_id is None and self.actor_label == COMMAND_ACTOR:
+            return pgettext("audit actor", "command")
+        return self.actor_label
+
     def object_text(self) -> str:
-        """Return what the event is about, key roles named in the active language.
+        """Return what the event is about, key roles and run statuses in the active language.
 
         A key's events name it by its role's label, stored in English (rows stored before that:
         in the language of whoever acted); the label is mapped back to its role and shown through
         the role's choices, as the trail's reader reads them.
         """
+        if self.action == "verification.run":
+            # "#12 prod failed" (VerificationRun.__str__): the status as the reader reads it.
+            run, _space, status = self.object_repr.rpartition(" ")
+            if run and status in VerificationRun.Status.values:
+                return f"{run} {VerificationRun.Status(status).label}"
+            return self.object_repr
         if not self.action.startswith("key."):
             return self.object_repr
         pattern, names = _key_role_names()

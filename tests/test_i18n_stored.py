@@ -18,7 +18,7 @@ from django.utils import timezone, translation
 from routes import audit
 from routes import keys as keyring
 from routes.context import acting
-from routes.models import AuditEvent, Deployment, VerificationRun
+from routes.models import AuditEvent, Deployment, VerificationJob, VerificationRun
 from routes.verification import remarks, runs
 from routes.workflows.keys import set_key
 from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, free_port, store_key
@@ -211,3 +211,34 @@ def test_only_key_events_have_their_words_mapped(team):
     event = audit.record(action="deployment.change", team=team, object_repr="CPA API Key demo")
     with translation.override("zh-hans"):
         assert audit.object_text(event) == "CPA API Key demo"
+
+
+def test_a_runs_event_names_its_status_in_the_readers_language(client, users, deployment):
+    job = VerificationJob.objects.create(deployment=deployment)
+    run = VerificationRun.objects.create(job=job, trigger="manual", status="failed")
+    event = audit.record(action="verification.run", team=deployment.team, obj=run)
+    assert event.object_repr == f"#{run.pk} {deployment.slug} failed"  # stored in English
+    with translation.override("zh-hans"):
+        failed = str(VerificationRun.Status.FAILED.label)
+        assert failed != "failed"
+        assert audit.object_text(event) == f"#{run.pk} {deployment.slug} {failed}"
+    client.force_login(users["owner"])
+    dashboard = chinese_page(client, reverse("admin:index"))
+    assert f"#{run.pk} {deployment.slug} {failed}" in dashboard
+    assert f"#{run.pk} {deployment.slug} failed" not in dashboard
+
+
+def test_what_a_command_did_is_credited_to_command_in_the_readers_language(client, users, team):
+    with acting(label="command"):
+        event = audit.record(action="export.nginx", team=team, object_repr="prod")
+    assert event.actor_label == "command"  # stored in English, as exports and filters read it
+    with translation.override("zh-hans"):
+        assert event.actor_text() == "命令"
+    client.force_login(users["owner"])
+    for url in (
+        reverse("admin:index"),
+        reverse("admin:routes_auditevent_changelist"),
+        reverse("admin:routes_auditevent_change", args=[event.pk]),
+    ):
+        page = chinese_page(client, url)
+        assert "命令" in page and "command" not in page, url

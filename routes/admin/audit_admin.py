@@ -217,7 +217,7 @@ class ActorFilter(BoundedRelatedFilter):
 class AuditEventAdmin(ConsoleAdmin):
     list_display = (
         "created_at",
-        "actor_label",
+        "actor_name",
         "action_name",
         "team",
         "object_type",
@@ -241,7 +241,7 @@ class AuditEventAdmin(ConsoleAdmin):
     search_fields = ("actor_label", "action", "object_repr", "object_id", "ip")
     fields = (
         "created_at",
-        "actor_label",
+        "actor_name",
         "actor",
         "team",
         "action_detail",
@@ -268,6 +268,10 @@ class AuditEventAdmin(ConsoleAdmin):
         return self.has_module_permission(request) and (
             self.get_queryset(request).filter(pk=obj.pk).exists()
         )
+
+    @admin.display(description=_("actor"), ordering="actor_label")
+    def actor_name(self, obj: AuditEvent) -> str:
+        return obj.actor_text()
 
     @admin.display(description=_("action"), ordering="action")
     def action_name(self, obj: AuditEvent) -> str:

@@ -66,7 +66,7 @@ def changes_since(*, deployment: Deployment, version: int) -> list[Change]:
         fields = {k: val for k, val in event.changes.items() if k != "version"}
         found.append(
             # object_text: key roles named in the reader's language, as on the trail's pages.
-            Change(event.created_at, event.actor_label, event.action, event.object_text(), fields)
+            Change(event.created_at, event.actor_text(), event.action, event.object_text(), fields)
         )
     return list(reversed(found))
 

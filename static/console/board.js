@@ -12,6 +12,8 @@
   var POLL_MS = 5000;
   var RETRY_MS = 15000;
   var CHART_HEIGHT = 220;
+  // Seconds (uPlot time scales are in seconds).
+  var HALF_HOUR = 1800;
   // Distinct in light and dark themes; a check keeps its colour while the series stay the same.
   var COLOURS = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -86,10 +88,12 @@
   }
 
   Chart.prototype.options = function (chart) {
+    var box = this.box;
     var unit = this.plotBox.getAttribute("data-unit") || "ms";
     var axisColour = cssVar("--body-quiet-color", "#666");
     var gridColour = cssVar("--hairline-color", "#e8e8e8");
-    var series = [{}];
+    // The time series: its legend label in the page's language (uPlot's default is "Time").
+    var series = [{ label: this.plotBox.getAttribute("data-time-label") || "Time" }];
     chart.series.forEach(function (line, index) {
       series.push({
         label: line.check,
@@ -121,7 +125,16 @@
           size: 60
         })
       ],
-      legend: { live: true }
+      fmtDate: localDates(),
+      legend: { live: true },
+      hooks: {
+        // The seconds the time axis spans, for whoever reads the page's markup (the tests).
+        setScale: [function (u, key) {
+          if (key === "x" && u.scales.x.max !== null) {
+            box.setAttribute("data-chart-span", String(Math.round(u.scales.x.max - u.scales.x.min)));
+          }
+        }]
+      }
     };
   };
 
@@ -140,12 +153,54 @@
     var shape = chart.deployment + ":" + checks.join(",");
     if (this.plot && this.shape === shape) {
       this.plot.setData(data);
-      return;
+    } else {
+      this.destroy();
+      this.shape = shape;
+      this.plot = new window.uPlot(this.options(chart), data, this.plotBox);
     }
-    this.destroy();
-    this.shape = shape;
-    this.plot = new window.uPlot(this.options(chart), data, this.plotBox);
+    fitMoment(this.plot, chart.x);
   };
+
+  // uPlot's date templates are American ("4/12/26", "3:00pm", "Apr"): a 24-hour clock, ISO
+  // dates and month and day names in the page's language (Intl) read right in both languages.
+  function localDates() {
+    var lang = document.documentElement.lang || "en";
+    function names(option, count, at) {
+      var format = new Intl.DateTimeFormat(lang, option);
+      var out = [];
+      for (var i = 0; i < count; i++) {
+        out.push(format.format(at(i)));
+      }
+      return out;
+    }
+    function month(i) { return new Date(2001, i, 1); }
+    function day(i) { return new Date(2001, 0, 7 + i); } // 7 January 2001 was a Sunday
+    var local = {
+      MMMM: names({ month: "long" }, 12, month),
+      MMM: names({ month: "short" }, 12, month),
+      WWWW: names({ weekday: "long" }, 7, day),
+      WWW: names({ weekday: "short" }, 7, day)
+    };
+    return function (template) {
+      var iso = template
+        .replace("{M}/{D}/{YY}", "{YYYY}-{MM}-{DD}")
+        .replace("{M}/{D}", "{MM}-{DD}")
+        .replace("{h}", "{HH}")
+        .replace("{aa}", "");
+      return window.uPlot.fmtDate(iso, local);
+    };
+  }
+
+  // Runs within an hour show on an hour of axis around them: uPlot spreads a single instant
+  // over a thousand days (its own range for min == max), and seconds apart fill the width.
+  function fitMoment(plot, xs) {
+    var first = xs[0];
+    var last = xs[xs.length - 1];
+    if (last - first < 2 * HALF_HOUR) {
+      var middle = (first + last) / 2;
+      plot.setScale("x", { min: middle - HALF_HOUR, max: middle + HALF_HOUR });
+    }
+  }
 
   Chart.prototype.destroy = function () {
     if (this.plot) {

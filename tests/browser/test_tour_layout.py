@@ -414,3 +414,23 @@ def test_each_check_is_a_card_with_its_status_first_on_a_phone(
             assert card and card["x"] + card["width"] <= NARROW["width"]
         expect(rows.first.locator(".console-check-request")).to_be_visible()
     context.close()
+
+
+def test_the_chart_of_one_run_spans_an_hour_with_its_legend_in_the_pages_language(
+    browser: Browser, console: Console, tour: dict, browser_context_args: dict
+):
+    # The tour's deployment has one finished run (the tour fixture's), and another when the run
+    # test above ran first: either way runs within an hour.
+    context = new_context(browser, console, browser_context_args, lang="zh-hans")
+    page = context.new_page()
+    log_in(page, console, *credentials("viewer"))
+    page.goto(f"{console.url}{tour['pages']['verification']}")
+    chart = page.locator("#status-board [data-chart]")
+    expect(chart.locator(".uplot canvas")).to_have_count(1)
+    # uPlot would spread one instant over years of axis: runs within an hour show on an hour.
+    expect(chart).to_have_attribute("data-chart-span", "3600")
+    legend = chart.locator(".u-legend .u-series").first
+    expect(legend).to_contain_text("时间")
+    expect(legend).not_to_contain_text("Time")
+    chart.screenshot(path=REPO / "tests" / "artifacts" / "tour" / "zh-hans-chart-one-run.png")
+    context.close()
