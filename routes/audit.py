@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 # Field names whose values are never written to the trail.
 SECRET_FIELDS = frozenset({"ciphertext", "secret", "password", "fingerprint"})
 CHANGED = "changed"
-# The language of the words the trail stores (object names); pages translate what they can.
-STORED_LANGUAGE = "en"
 
 # What each action code of the trail reads as; the code stays what is stored and exported.
 ACTION_LABELS: dict[str, StrOrPromise] = {
@@ -81,11 +79,6 @@ def action_label(action: str) -> str:
     """Return what action reads as in the user's language; an unknown code reads as itself."""
     label = ACTION_LABELS.get(action)
     return str(label) if label is not None else action
-
-
-def object_text(event: AuditEvent) -> str:
-    """Return what event is about, key roles named in the active language (AuditEvent)."""
-    return event.object_text()
 
 
 def _plain(value: Any) -> Any:

@@ -988,6 +988,9 @@ class CheckResult(models.Model):
         return f"{self.check_id}: {'pass' if self.passed else 'fail'}"
 
 
+# The language of the words rows store (run texts, audit object names): pages render codes and
+# map stored words into the reader's language.
+STORED_LANGUAGE = "en"
 # The actor label of what a management command or the task worker did without a user.
 COMMAND_ACTOR = "command"
 

@@ -23,6 +23,7 @@ from routes.verification import remarks, runs
 from routes.workflows.keys import set_key
 from tests.fakes.stack import ADMIN_KEY, API_KEY, MANAGEMENT_KEY, free_port, store_key
 from tests.test_i18n import visible_text
+from tests.test_i18n_causes import pages_in_chinese
 
 HELD_BACK = "Keys are held back from"
 HELD_BACK_TAIL = "until an owner confirms this destination on the deployment page"
@@ -71,14 +72,8 @@ def chinese_page(client, url: str) -> str:
 
 
 def run_pages(client, run: VerificationRun) -> dict[str, str]:
-    deployment = run.job.deployment
-    urls = {
-        "verify": reverse("admin:routes_deployment_verify", args=[deployment.pk])
-        + f"?run={run.pk}",
-        "run": reverse("admin:routes_verificationrun_change", args=[run.pk]),
-        "dashboard": reverse("admin:index"),
-    }
-    return {name: chinese_page(client, url) for name, url in urls.items()}
+    """Return the text of the run's verification page, run page and dashboard, in Chinese."""
+    return {name: visible_text(page) for name, page in pages_in_chinese(client, run).items()}
 
 
 # --- a run's remarks --------------------------------------------------------------------------
@@ -204,13 +199,13 @@ def test_an_events_page_names_the_role_in_chinese_and_the_export_keeps_english(
 def test_a_row_stored_in_chinese_reads_in_english_for_an_english_reader(team):
     event = audit.record(action="key.delete", team=team, object_repr=f"prod: {API_KEY_ZH}")
     with translation.override("en"):
-        assert audit.object_text(event) == "prod: CPA API Key"
+        assert event.object_text() == "prod: CPA API Key"
 
 
 def test_only_key_events_have_their_words_mapped(team):
     event = audit.record(action="deployment.change", team=team, object_repr="CPA API Key demo")
     with translation.override("zh-hans"):
-        assert audit.object_text(event) == "CPA API Key demo"
+        assert event.object_text() == "CPA API Key demo"
 
 
 def test_a_runs_event_names_its_status_in_the_readers_language(client, users, deployment):
@@ -221,7 +216,7 @@ def test_a_runs_event_names_its_status_in_the_readers_language(client, users, de
     with translation.override("zh-hans"):
         failed = str(VerificationRun.Status.FAILED.label)
         assert failed != "failed"
-        assert audit.object_text(event) == f"#{run.pk} {deployment.slug} {failed}"
+        assert event.object_text() == f"#{run.pk} {deployment.slug} {failed}"
     client.force_login(users["owner"])
     dashboard = chinese_page(client, reverse("admin:index"))
     assert f"#{run.pk} {deployment.slug} {failed}" in dashboard

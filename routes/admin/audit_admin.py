@@ -286,7 +286,7 @@ class AuditEventAdmin(ConsoleAdmin):
     @admin.display(description=_("object"), ordering="object_repr")
     def object_name(self, obj: AuditEvent) -> str:
         # Stored in English; key roles read in the viewer's language (the export keeps it).
-        return audit.object_text(obj)
+        return obj.object_text()
 
     @admin.display(description=_("changes"))
     def changes_json(self, obj: AuditEvent) -> str:

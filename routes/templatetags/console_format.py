@@ -1,5 +1,4 @@
-"""Display filters of the console: ``{{ when|ago }}``, ``{{ event.action|audit_action }}`` and
-``{{ event|audit_object }}``."""
+"""Display filters of the console: ``{{ when|ago }}`` and ``{{ event.action|audit_action }}``."""
 
 from __future__ import annotations
 
@@ -10,8 +9,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
-from routes.audit import action_label, object_text
-from routes.models import AuditEvent
+from routes.audit import action_label
 
 register = template.Library()
 
@@ -34,9 +32,3 @@ def ago(value: datetime | None) -> str:
 def audit_action(action: str) -> str:
     """Return what an audit action code reads as (routes.audit.ACTION_LABELS)."""
     return action_label(action)
-
-
-@register.filter
-def audit_object(event: AuditEvent) -> str:
-    """Return what an audit event is about, key roles in the viewer's language."""
-    return object_text(event)

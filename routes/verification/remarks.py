@@ -16,8 +16,8 @@ from django.utils import translation
 from django.utils.translation import gettext as _
 
 from routes import validators as v
+from routes.models import STORED_LANGUAGE
 from routes.verification import destinations
-from routes.verification.runner import STORED_LANGUAGE
 
 if TYPE_CHECKING:
     from routes.models import VerificationRun

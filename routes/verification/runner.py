@@ -21,6 +21,7 @@ from cryptography import x509
 from django.conf import settings
 from django.utils import translation
 
+from routes.models import STORED_LANGUAGE
 from routes.verification import http
 from routes.verification import outcomes as out
 from routes.verification.checks import TLS, Check
@@ -36,9 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Seconds a run may overrun its checks' worst case: thread start-up and bookkeeping.
 RUN_SLACK = 1.0
-# What a run stores as text (expected, excerpts) is written in English; diagnoses are codes,
-# rendered in the reader's language when shown.
-STORED_LANGUAGE = "en"
 
 
 def build_context(
@@ -322,7 +320,7 @@ def run_checks(
         batch.clear()
 
     def work(check: Check) -> CheckOutcome:
-        # The language is per thread: stored texts are English (STORED_LANGUAGE).
+        # The language is per thread: stored texts are English (models.STORED_LANGUAGE).
         with translation.override(STORED_LANGUAGE):
             return run_check(check, ctx)
 

@@ -32,6 +32,7 @@ from routes import keys as keyring
 from routes.context import current_actor
 from routes.models import (
     MIN_INTERVAL_SECONDS,
+    STORED_LANGUAGE,
     CheckResult,
     Deployment,
     Key,
@@ -51,7 +52,7 @@ from routes.verification.checks import (
 )
 from routes.verification.http import Redactor
 from routes.verification.outcomes import CheckOutcome, StoredKey
-from routes.verification.runner import STORED_LANGUAGE, build_context, run_budget, run_checks
+from routes.verification.runner import build_context, run_budget, run_checks
 
 logger = logging.getLogger(__name__)
 

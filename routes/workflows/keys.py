@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from routes import audit
 from routes import keys as keyring
 from routes.context import current_actor
-from routes.models import Deployment, Key, KeyRotation
+from routes.models import STORED_LANGUAGE, Deployment, Key, KeyRotation
 from routes.workflows.versions import record_part_edit
 
 
@@ -23,9 +23,9 @@ def _role_label(role: str) -> str:
 
 
 def _key_label(key: Key) -> str:
-    """Return how the trail names key, in its stored language (audit.object_text translates)."""
+    """Return how the trail names key, in the stored language (AuditEvent.object_text maps it)."""
     label = f" ({key.label})" if key.label else ""
-    with translation.override(audit.STORED_LANGUAGE):
+    with translation.override(STORED_LANGUAGE):
         return f"{key.deployment.slug}: {_role_label(key.role)}{label}"
 
 
